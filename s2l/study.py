@@ -129,7 +129,7 @@ def _import_kinds() -> None:
     # Imported lazily so that `import s2l` stays light; each module calls register().
     import importlib
 
-    for mod in ("s2l.sweep", "s2l.attribution.study", "s2l.selection.study"):
+    for mod in ("s2l.lm_study", "s2l.attribution.study", "s2l.selection.study"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -1,0 +1,228 @@
+"""The LM sweep as a study: one stage of cells, each trained and evaluated on its own.
+
+Follow one cell: `CellTask.run()` on a node loads the prepared (cached, tokenized) data,
+builds the model for its scale with its seed, trains on its mixture (resuming from its
+checkpoint), evaluates every test sample, writes its own chunks of `<out>/losses.zarr`, drops
+a done marker, and logs a child run to MLflow.
+
+Files of a sweep (`<out>` defaults to `runs/<name>`):
+    losses.zarr/                 the per-sample loss store (s2l.store)
+    mlflow.db, mlartifacts/      tracking, unless a server URI is given
+    sweep.yaml                   the sweep file as submitted
+    cells/<scale>/<mixture>/<seed>/   ckpt.pt (while training), progress.json, DONE, cell.json
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from s2l import store as loss_store
+from s2l import tracking
+from s2l.study import Resources, Stage, Study, Task, register
+from s2l.sweep import Cell, SweepConfig, parse_sweep
+
+
+def code_version() -> str:
+    """git describe of the checkout s2l runs from, else the package version."""
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+        return version("s2l")
+
+
+@dataclasses.dataclass
+class CellTask(Task):
+    cell: Cell
+    out: Path
+    data_dir: Path
+    tracking_uri: str
+    experiment: str
+    parent_run: str | None
+    resources: Resources = Resources()
+
+    @property
+    def key(self) -> str:
+        return self.cell.key
+
+    @property
+    def dir(self) -> Path:
+        return self.out / "cells" / self.cell.key
+
+    def is_done(self) -> bool:
+        # A marker file (not the store) so that checking 10^4 cells at submit is a stat each.
+        marker = self.dir / "DONE"
+        return marker.exists() and marker.read_text().strip() == self.cell.id
+
+    def progress(self) -> tuple[float, str] | None:
+        try:
+            p = json.loads((self.dir / "progress.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return p["step"] / p["total"], f"step {p['step']}/{p['total']} loss {p['loss']:.3f} {p['tok_s']:,.0f} tok/s"
+
+    def run(self) -> dict:
+        import torch
+
+        from s2l.data import MixtureSampler, PreparedData
+        from s2l.evaluate import evaluate
+        from s2l.model import build_model
+        from s2l.train import Distributed, train
+
+        torch.set_flush_denormal(True)  # denormals from peaked softmaxes cost 2x at 20M on CPU
+        dist = Distributed()
+        cell, cfg = self.cell, self.cell.sweep
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = PreparedData.load(self.data_dir)
+        run = self._tracking_run(dist.is_main)
+
+        model = build_model(cell.scale.shape, data.vocab_size, cfg.data.seq_len, cell.seed)
+        sampler = MixtureSampler(data.train, cell.mixture.as_dict(), cfg.data.seq_len, cell.seed)
+        batch_size = cfg.train.batch_size
+
+        def on_log(step, loss, tok_s):
+            _write_json(self.dir / "progress.json",
+                        {"step": step, "total": cell.steps, "loss": loss, "tok_s": tok_s})
+
+        ckpt = self.dir / "ckpt.pt"
+        _check_checkpoint_owner(self.dir, cell.id, ckpt)
+        t0 = time.perf_counter()
+        history = train(model, lambda step: sampler.batch(step, batch_size), cell.steps,
+                        cfg.train, checkpoint=ckpt, on_log=on_log)
+        train_s = time.perf_counter() - t0
+        if not dist.is_main:
+            return {}
+        loss, correct = evaluate(model, data.test, cfg.train.eval_batch_size, cfg.train.precision)
+        loss_store.write_cell(self.out / "losses.zarr", cell.scale.name, cell.mixture.name,
+                              cell.seed, loss, correct)
+        (self.dir / "DONE").write_text(cell.id)
+        summary = _per_test_set(data.test, loss, correct)
+        if run is not None:
+            for step, value in history:
+                run.log_metrics({"train_loss": value}, step=step)
+            run.log_metrics({**summary, "train_seconds": train_s})
+            run.finish()
+        ckpt.unlink(missing_ok=True)  # done cells keep their losses, not their optimizer state
+        return summary
+
+    def _tracking_run(self, is_main: bool):
+        if not is_main:
+            return None
+        cell = self.cell
+        tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out,
+                                        offline_name=cell.key.replace("/", "__"))
+        run = tracker.cell_run(self.parent_run, cell.key, cell.id)
+        params = {"scale": cell.scale.name, "params": cell.scale.params, "tokens": cell.scale.tokens,
+                  "flops": f"{cell.scale.flops:.4g}", "mixture": cell.mixture.name,
+                  "seed": cell.seed, "cell_id": cell.id, "code_version": code_version(),
+                  "d_model": cell.scale.shape.d_model, "n_layers": cell.scale.shape.n_layers,
+                  "steps": cell.steps, **{f"weight.{d}": round(w, 6) for d, w in cell.mixture.weights}}
+        run.log_params(params)
+        cell_json = json.dumps({"key": cell.key, **cell.identity(), "id": cell.id}, indent=2)
+        (self.dir / "cell.json").write_text(cell_json)
+        run.log_text(cell_json, "cell.json")
+        return run
+
+
+def _check_checkpoint_owner(cell_dir: Path, cell_id: str, ckpt: Path) -> None:
+    """A checkpoint left by an earlier config of the same grid point must not be resumed."""
+    owner = cell_dir / "ckpt.owner"
+    if ckpt.exists() and (not owner.exists() or owner.read_text() != cell_id):
+        ckpt.unlink()
+    owner.write_text(cell_id)
+
+
+def _per_test_set(suite, loss: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    names = np.asarray(suite.sample_test_set)
+    out = {}
+    for name in suite.test_sets:
+        sel = names == name
+        out[f"loss.{name}"] = float(np.mean(loss[sel]))
+        if np.isfinite(correct[sel]).any():
+            out[f"acc.{name}"] = float(np.nanmean(correct[sel]))
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+class LMStudy(Study):
+    def __init__(self, config: SweepConfig, out: Path, tracking_uri: str | None = None):
+        self.config = config
+        self.name = config.name
+        self.out = Path(out)
+        self.slurm = config.slurm
+        self.tracking_uri = tracking_uri or config.tracking.uri or tracking.default_uri(self.out)
+        self.experiment = config.tracking.experiment or config.name
+        self._data_dir: Path | None = None
+        self._parent: str | None = None
+
+    @property
+    def store_path(self) -> Path:
+        return self.out / "losses.zarr"
+
+    def prepare(self) -> None:
+        from s2l.data import PreparedData, prepare_data
+
+        self._data_dir = prepare_data(self.config.data)  # before touching <out>: may fail
+        suite = PreparedData.load(self._data_dir).test
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "sweep.yaml").write_text(self.config.yaml_text)
+        cells = self.config.cells()
+        layout = loss_store.StoreLayout(
+            scales=[s.name for s in self.config.scales],
+            params=[s.params for s in self.config.scales],
+            flops=[s.flops for s in self.config.scales],
+            mixtures=[m.name for m in self.config.mixtures],
+            seeds=list(self.config.seeds),
+            domains=list(self.config.data.domains),
+            weights=np.array([[w for _, w in m.weights] for m in self.config.mixtures]),
+            test_set=list(suite.sample_test_set),
+            multiple_choice=bool((suite.answer >= 0).any()),
+            cell_ids={c.key: c.id for c in cells},
+            attrs={"sweep": self.name, "sweep_yaml": self.config.yaml_text,
+                   "chance": dict(suite.chance), "tokens": {s.name: s.tokens for s in self.config.scales}},
+        )
+        self.store_status = loss_store.create_store(self.store_path, layout)
+        tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out)
+        self._parent = tracker.sweep_run(self.name, {"cells": len(cells), "scales": len(self.config.scales),
+                                                     "mixtures": len(self.config.mixtures),
+                                                     "seeds": len(self.config.seeds),
+                                                     "code_version": code_version()})
+
+    def stages(self) -> list[Stage]:
+        from s2l.data import cache_path
+
+        data_dir = self._data_dir or cache_path(self.config.data)
+        tasks = [CellTask(cell=c, out=self.out, data_dir=data_dir, tracking_uri=self.tracking_uri,
+                          experiment=self.experiment, parent_run=self._parent,
+                          resources=self.slurm.resources_for(c.scale.name))
+                 for c in self.config.cells()]
+        return [Stage("cells", tasks)]
+
+    def describe(self) -> str:
+        from s2l.lm_report import describe_cells
+
+        return describe_cells(self)
+
+    def summary(self) -> str:
+        from s2l.lm_report import final_summary
+
+        return final_summary(self)
+
+
+@register("lm")
+def _make(raw: dict, path: Path, out, tracking_uri: str | None = None, **_) -> LMStudy:
+    config = parse_sweep(raw, path)
+    return LMStudy(config, Path(out) if out else Path("runs") / config.name, tracking_uri)
