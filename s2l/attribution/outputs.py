@@ -1,0 +1,71 @@
+"""Model-output functions f(z; theta) whose parameter gradients TRAK projects.
+
+Each `ModelOutput` has
+- `output(model, params, buffers, *example)`: a scalar for ONE example (no batch dimension),
+  written so that `torch.func.vmap(torch.func.grad(...))` can map it over a batch. Inside vmap,
+  `logits[y]` and `F.one_hot(y)` fail on the batched label, so the correct class is selected
+  with a comparison against `torch.arange` instead;
+- `out_to_loss(model, *batch)`: the (B,) reweighting term Q = d loss / d f, used by `traker`
+  and optionally by us.
+
+Classification (TRAK paper, section 3.3): f = log(p_y / (1 - p_y)) = z_y - logsumexp_{c!=y} z_c,
+the "margin"; Q = 1 - p_y.
+
+Causal LM (DsDm): f = mean over next-token predictions t of p_t / (1 - p_t), where p_t is the
+probability of the actual token t+1 (computed through the log-odds for stability). With
+`log_odds=True` it is the mean log-odds instead (the LM analogue of the classification margin).
+Q is 1 (no reweighting): the LM loss is not a function of this single scalar.
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+
+def margin_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logits (..., C), y (...) -> log(p_y / (1 - p_y)) (...), vmap-safe."""
+    is_y = torch.arange(logits.shape[-1], device=logits.device) == y.unsqueeze(-1)
+    correct = (logits * is_y).sum(-1)
+    others = logits.masked_fill(is_y, float("-inf")).logsumexp(-1)
+    return correct - others
+
+
+class ClassificationMargin:
+    """Margin of an image (or any) classifier taking x (B, ...) -> logits (B, C)."""
+
+    def output(self, model, params, buffers, x, y):
+        logits = functional_call(model, (params, buffers), (x.unsqueeze(0),))
+        return margin_from_logits(logits, y.unsqueeze(0)).sum()
+
+    @torch.no_grad()
+    def out_to_loss(self, model, x, y):
+        p = torch.softmax(model(x), -1)
+        is_y = torch.arange(p.shape[-1]) == y.unsqueeze(-1)
+        return 1.0 - (p * is_y).sum(-1)
+
+
+class LMOddsOutput:
+    """Causal LM taking input_ids (B, T) -> logits (B, T, V) (or an object with `.logits`).
+
+    One example is a token sequence (T,); positions 0..T-2 predict tokens 1..T-1. An optional
+    mask (T,) of 0/1 marks which *predicted* tokens count (e.g. answer tokens only)."""
+
+    def __init__(self, log_odds: bool = False):
+        self.log_odds = log_odds
+
+    def _per_token(self, logits, ids):
+        lo = margin_from_logits(logits[..., :-1, :], ids[..., 1:])  # log(p/(1-p)) per position
+        return lo if self.log_odds else lo.exp()
+
+    def output(self, model, params, buffers, input_ids, mask=None):
+        out = functional_call(model, (params, buffers), (input_ids.unsqueeze(0),))
+        logits = getattr(out, "logits", out)[0]
+        vals = self._per_token(logits, input_ids)
+        if mask is None:
+            return vals.mean()
+        w = mask[1:].to(vals.dtype)
+        return (vals * w).sum() / w.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def out_to_loss(self, model, input_ids, mask=None):
+        return torch.ones(input_ids.shape[0])

@@ -1,0 +1,151 @@
+"""TRAK data attribution: featurize, kernel, score (Park et al. 2023; PAPER.md "Algorithms").
+
+For each model m of an ensemble (independently trained models and/or late checkpoints):
+
+    Phi_m   (n, k)  projected per-example gradients of the model output f on the train set
+    phi_m   (T, k)  the same for the T targets
+    K_m     (k, k)  = Phi_m^T Phi_m + ridge * I
+    S_m     (n, T)  = Phi_m K_m^{-1} phi_m^T
+
+and the ensemble score matrix is  S = mean_m S_m,  times Q = mean_m diag(1 - p_i) when the
+out-to-loss term is kept (`use_q=True`, what `traker` does; the small-to-large paper drops it
+because saturated softmaxes drive 1 - p to ~0). S[i, j] > 0: train example i is predicted to
+*raise* target j's output (its margin) when included.
+
+K_m^{-1} is a pseudo-inverse from an eigendecomposition in float64: with ridge = 0 and n < k
+the kernel is singular and a plain inverse returns noise. `traker` additionally divides each
+K_m^{-1} by its mean absolute entry, which reweights ensemble members; we do not (scores of one
+model are identical up to that constant).
+
+Two ways to compute the same scores:
+- `trak_scores(models, train, targets, ...)`: everything in memory, one call;
+- `featurize` per model (one Slurm task each, features saved by `s2l.attribution.features`),
+  then `score_blockwise` over row blocks of the stored features: memory is O(k^2 + kT + bT)
+  per model instead of O(nk) per model.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from s2l.attribution.grads import flat_grads, grad_dim, iter_batches
+from s2l.attribution.outputs import ClassificationMargin
+from s2l.attribution.project import ChunkedProjector
+
+
+def model_seed(seed: int, m: int) -> int:
+    """Projection seed of ensemble member m: every member gets its own P, as in traker."""
+    return seed * 100_003 + m
+
+
+def featurize(model: nn.Module, data: tuple[torch.Tensor, ...], projector, output=None,
+              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected gradients Phi (n, k) float32 and out-to-loss terms q (n,) of `model` on
+    `data` (a tuple of tensors with first dim n, e.g. (x, y))."""
+    output = output or ClassificationMargin()
+    phis, qs = [], []
+    model.eval()
+    for batch in iter_batches(data, batch_size):
+        phis.append(projector.project(flat_grads(model, output, batch)))
+        qs.append(output.out_to_loss(model, *batch).float())
+    return torch.cat(phis), torch.cat(qs)
+
+
+def kernel_inverse(K: torch.Tensor, ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
+    """(K + ridge I)^{-1} (k, k) float64, as a pseudo-inverse: eigenvalues below
+    rcond * max eigenvalue are treated as zero."""
+    K = K.double() + ridge * torch.eye(K.shape[0], dtype=torch.float64)
+    evals, evecs = torch.linalg.eigh((K + K.T) / 2)
+    keep = evals > rcond * evals.max().clamp_min(0)
+    inv = torch.where(keep, 1.0 / evals.where(keep, torch.ones_like(evals)), torch.zeros_like(evals))
+    return (evecs * inv) @ evecs.T
+
+
+def kernel(blocks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Phi^T Phi (k, k) float64, accumulated over row blocks (b, k) of Phi."""
+    K = None
+    for b in blocks:
+        b = torch.as_tensor(np.asarray(b)).double()
+        K = b.T @ b if K is None else K + b.T @ b
+    return K
+
+
+def score_single(phi_train: torch.Tensor, phi_target: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """S_m = Phi K^{-1} phi^T (n, T) float64 for one model, all in memory."""
+    A = kernel_inverse(kernel([phi_train]), ridge) @ phi_target.double().T  # (k, T)
+    return phi_train.double() @ A
+
+
+def _row_blocks(n: int, block_rows: int) -> Iterator[slice]:
+    for lo in range(0, n, block_rows):
+        yield slice(lo, min(n, lo + block_rows))
+
+
+def score_blockwise(train, target, q=None, ridge: float = 0.0, block_rows: int = 4096,
+                    out=None) -> np.ndarray | None:
+    """Ensemble scores from stored features, reading `block_rows` train rows at a time.
+
+    train (M, n, k), target (M, T, k), q (M, n) or None: array-likes sliceable like numpy
+    (Zarr arrays, memmaps). Returns S (n, T) float32, or writes row blocks into `out`
+    (an (n, T) array-like) and returns None.
+    """
+    M, n, k = train.shape
+    T = target.shape[1]
+    # pass 1: one (k, T) solve per model; K needs every train row, hence two passes
+    A = []
+    for m in range(M):
+        K = kernel(train[m, s] for s in _row_blocks(n, block_rows))
+        A.append(kernel_inverse(K, ridge) @ torch.as_tensor(np.asarray(target[m])).double().T)
+    result = None if out is not None else np.empty((n, T), dtype=np.float32)
+    for s in _row_blocks(n, block_rows):
+        acc = torch.zeros(s.stop - s.start, T, dtype=torch.float64)
+        for m in range(M):
+            acc += torch.as_tensor(np.asarray(train[m, s])).double() @ A[m]
+        acc /= M
+        if q is not None:
+            acc *= torch.as_tensor(np.asarray(q[:, s])).double().mean(0)[:, None]
+        block = acc.float().numpy()
+        if out is None:
+            result[s] = block
+        else:
+            out[s] = block
+    return result
+
+
+def from_checkpoints(model: nn.Module, checkpoints: Iterable) -> Iterator[nn.Module]:
+    """Yield `model` loaded with each checkpoint (a state dict or a path to one), one at a time."""
+    for ck in checkpoints:
+        state = torch.load(ck, map_location="cpu", weights_only=True) if not isinstance(ck, dict) else ck
+        model.load_state_dict(state)
+        yield model.eval()
+
+
+def trak_scores(models: Iterable[nn.Module], train: tuple[torch.Tensor, ...],
+                targets: tuple[torch.Tensor, ...], proj_dim: int = 2048, seed: int = 0, *,
+                output=None, ridge: float = 0.0, use_q: bool = True,
+                proj_kind: str = "rademacher", proj_dtype: torch.dtype = torch.bfloat16,
+                batch_size: int = 64, projectors=None) -> torch.Tensor:
+    """TRAK scores (n_train, n_targets) float32 of an ensemble, all in memory.
+
+    models: trained models (e.g. `from_checkpoints(model, paths)`), each used in eval mode.
+    train, targets: tuples of tensors, e.g. (x (n, C, H, W), y (n,)).
+    output: a model-output function (default: classification margin); see `outputs`.
+    projectors: optional list of projectors, one per model (overrides proj_dim/seed/kind).
+    """
+    train_feats, target_feats, qs = [], [], []
+    for m, model in enumerate(models):
+        proj = (projectors[m] if projectors is not None else
+                ChunkedProjector(grad_dim(model), proj_dim, model_seed(seed, m), proj_kind, proj_dtype))
+        phi, q = featurize(model, train, proj, output, batch_size)
+        phi_t, _ = featurize(model, targets, proj, output, batch_size)
+        train_feats.append(phi.numpy())
+        target_feats.append(phi_t.numpy())
+        qs.append(q.numpy())
+    if not train_feats:
+        raise ValueError("trak_scores needs at least one model")
+    S = score_blockwise(np.stack(train_feats), np.stack(target_feats),
+                        np.stack(qs) if use_q else None, ridge=ridge, block_rows=1 << 30)
+    return torch.from_numpy(S)
