@@ -1,0 +1,128 @@
+"""The node side of dispatch: what runs inside one submitit job (local process or Slurm job).
+
+`TaskRunner` wraps one or more `s2l.study.Task`s (several when `slurm.pack > 1`, so tiny
+proxies share one job's start-up cost) and runs them one after another. It is a submitit
+`Checkpointable`: on preemption or a time limit submitit calls `checkpoint()`, which lets the
+current task save its state and pickles the runner again; the requeued job calls the runner
+anew, skips the tasks that are already done and the current task resumes from its checkpoint
+inside its own `run()`.
+
+Before running, the runner sets up what every task expects of its process:
+- thread count = `resources.cpus` (OMP/MKL env and `torch.set_num_threads`), so parallel
+  jobs on one machine do not oversubscribe the cores;
+- for multi-task jobs (DDP), the torchrun-style env `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
+  `MASTER_ADDR`, `MASTER_PORT` from `submitit.JobEnvironment()`; the trainer initialises
+  `torch.distributed` from those (`init_method="env://"`).
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+import submitit
+
+from s2l.study import Task
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def thread_env(cpus: int) -> dict[str, str]:
+    """Env that caps BLAS/OpenMP threads; also exported in the job's setup lines so that it is
+    in place before the task's modules import torch."""
+    return {k: str(max(1, cpus)) for k in THREAD_VARS}
+
+
+def ddp_env(job_env: Any) -> dict[str, str]:
+    """torchrun-style variables for the current rank of a multi-task submitit job.
+
+    The port is derived from the job id so that two DDP jobs sharing a node do not collide.
+    """
+    job_id = "".join(c for c in str(job_env.job_id) if c.isdigit()) or "0"
+    try:
+        master = job_env.hostnames[0]
+    except Exception:  # local executor, or an unparsable node list: one node anyway
+        master = "127.0.0.1"
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        master = "127.0.0.1"
+    return {
+        "RANK": str(job_env.global_rank),
+        "WORLD_SIZE": str(job_env.num_tasks),
+        "LOCAL_RANK": str(job_env.local_rank),
+        "LOCAL_WORLD_SIZE": str(job_env.num_tasks // max(1, job_env.num_nodes)),
+        "NODE_RANK": str(job_env.node),
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(20000 + int(job_id[-6:]) % 20000),
+    }
+
+
+class PackFailure(RuntimeError):
+    """Some tasks of a packed job failed; the others ran to completion (their results are kept)."""
+
+
+class TaskRunner(submitit.helpers.Checkpointable):
+    """Runs `tasks` (same resources) in this job, in order; requeues at most `max_requeues` times.
+
+    The return value is {task key: task.run()'s return value} for the tasks run here.
+    """
+
+    def __init__(self, tasks: list[Task], max_requeues: int = 3, env: dict[str, str] | None = None):
+        self.tasks = list(tasks)
+        self.max_requeues = max_requeues
+        self.env = dict(env or {})
+        self.requeues = 0
+        self._current: int | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [t.key for t in self.tasks]
+
+    def __call__(self) -> dict[str, Any]:
+        cpus = self.tasks[0].resources.cpus if self.tasks else 1
+        os.environ.update(thread_env(cpus))
+        os.environ.update(self.env)
+        job_env = submitit.JobEnvironment()
+        if job_env.num_tasks > 1:
+            os.environ.update(ddp_env(job_env))
+        _set_torch_threads(cpus)
+        results: dict[str, Any] = {}
+        errors: list[str] = []
+        for i, task in enumerate(self.tasks):
+            if task.is_done():  # finished before a requeue, or by an earlier submission
+                continue
+            self._current = i
+            if len(self.tasks) == 1:
+                results[task.key] = task.run()  # a lone task's exception is the job's error
+                continue
+            try:
+                results[task.key] = task.run()
+            except Exception:  # keep going: the other packed tasks must not lose their turn
+                tb = traceback.format_exc()
+                print(f"[s2l] task {task.key} failed:\n{tb}", flush=True)
+                errors.append(f"task {task.key} failed:\n{tb}")
+        self._current = None
+        if errors:
+            raise PackFailure(f"{len(errors)} of {len(self.tasks)} packed tasks failed\n"
+                              + "\n".join(errors))
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """Called by submitit on SIGUSR2 (preemption / time limit), in rank 0 only."""
+        if self._current is not None:
+            self.tasks[self._current].checkpoint()
+        self.requeues += 1
+        if self.requeues > self.max_requeues:
+            print(f"[s2l] not requeuing: already requeued {self.max_requeues} times", flush=True)
+            return None  # submitit then ends the job as failed (UncompletedJobError)
+        print(f"[s2l] checkpointed; requeue {self.requeues}/{self.max_requeues}", flush=True)
+        self._current = None
+        return super().checkpoint(*args, **kwargs)
+
+
+def _set_torch_threads(cpus: int) -> None:
+    # Only if the task already imported torch or it is installed: the runner itself needs no torch.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(max(1, cpus))
