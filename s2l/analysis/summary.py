@@ -1,0 +1,57 @@
+"""The short cross-scale summary the main job prints when a sweep ends, and its one figure.
+
+Fast by design (< 3 s on a small store): one chunked pass without per-sample statistics or
+decision accuracy, 500 bootstrap resamples. Never raises on a store that is merely too partial
+to analyse: the job's final message should say so, not crash.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from s2l.analysis import figures, pipeline
+from s2l.analysis.load import StoreError
+
+N_BOOT = 500
+
+
+def _quick(store: str | Path) -> pipeline.Analysis:
+    return pipeline.analyze(store, n_boot=N_BOOT, per_sample=False, decisions=False)
+
+
+def format_correlations(a: pipeline.Analysis) -> str:
+    """Per test set, one line per proxy: Pearson r with its 95% CI and compute ratio."""
+    lines = [f"cross-scale correlation with reference {a.reference} "
+             f"(Pearson r across mixtures, seed-averaged, 95% bootstrap CI):"]
+    for t, g in a.correlation.groupby("test_set", sort=False):
+        lines.append(f"  {t}")
+        for r in g.itertuples():
+            lines.append(f"    {r.proxy:>10}  r={r.pearson:5.2f} [{r.pearson_lo:5.2f}, "
+                         f"{r.pearson_hi:5.2f}]  {r.compute_ratio:,.0f}x less compute, "
+                         f"{r.n_mixtures} mixtures")
+    missing = pipeline.missing_summary(a)
+    if missing:
+        lines.append(missing)
+    lines += a.notes
+    return "\n".join(lines)
+
+
+def summarize(store_path: str | Path) -> str:
+    """Short terminal text: per test set, correlation between each smaller scale and the
+    largest, with CI. A store too partial to analyse gives a one-line explanation."""
+    try:
+        return format_correlations(_quick(store_path))
+    except StoreError as e:
+        return f"cross-scale summary unavailable: {e}"
+
+
+def write_summary_figure(store_path: str | Path, png_path: str | Path) -> Path | None:
+    """Write the correlation-vs-compute figure (paper Fig. 2) to png_path; None (and no
+    file) when the store is too partial to analyse."""
+    try:
+        a = _quick(store_path)
+    except StoreError:
+        return None
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    figures.corr_vs_compute(a.correlation, a.reference).savefig(png_path, dpi=110)
+    return png_path
