@@ -1,0 +1,243 @@
+"""The sweep's `data:` block and top-level `test_sets:` block -> frozen, validated config.
+
+    data:
+      seq_len: 128
+      tokenizer: {vocab_size: 2048}        # or {pretrained: NAME_OR_DIR}
+      cache_dir: null                       # $S2L_CACHE or ~/.cache/s2l
+      max_mb_per_domain: 2
+      heldout_frac: 0.05
+      domains:
+        code: {source: builtin, name: python}
+        wiki: {source: hub, path: wikitext, config: wikitext-103-raw-v1, split: train}
+        mine: {source: files, path: "data/*.jsonl", format: json, text_field: text}
+    test_sets:
+      heldout: {kind: heldout, samples_per_domain: 100}
+      cloze: {kind: cloze, domain: scripture, samples: 200}
+      squad: {kind: squad, path: squad, split: validation, samples: 500}
+
+Both blocks are optional; leaving one out gives the built-in default corpus / test suite.
+`DataConfig.fingerprint()` hashes everything that determines the prepared arrays, so it names
+the cache directory and enters every cell id.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from s2l.config import ConfigError, Section, check_name, fraction, one_of, positive
+
+# Bump when extraction, splitting, tokenization or test-set construction changes, so old
+# caches are not reused for arrays that would now come out differently.
+FORMAT_VERSION = 1
+
+SOURCES = ("builtin", "hub", "files")
+FILE_FORMATS = ("json", "text", "csv", "parquet")
+SYNTHETIC_KINDS = ("heldout", "cloze", "choice", "qa")
+REAL_KINDS = ("lambada", "hellaswag", "squad", "trivia_qa")
+
+# The embedded default: 7 clearly different kinds of text, all installed offline (see DESIGN.md).
+DEFAULT_DOMAINS = {
+    "code": {"source": "builtin", "name": "python"},
+    "dictionary": {"source": "builtin", "name": "gcide"},
+    "glossary": {"source": "builtin", "name": "foldoc"},
+    "lexicon": {"source": "builtin", "name": "wordnet"},
+    "scripture": {"source": "builtin", "name": "bible"},
+    "manual": {"source": "builtin", "name": "perldoc"},
+    "quotes": {"source": "builtin", "name": "fortunes"},
+}
+DEFAULT_TEST_SETS = {
+    "heldout": {"kind": "heldout", "samples_per_domain": 100},
+    "cloze": {"kind": "cloze", "domain": "scripture", "samples": 200},
+    "choice": {"kind": "choice", "domain": "quotes", "samples": 200, "choices": 4},
+    "qa": {"kind": "qa", "domain": "dictionary", "samples": 200},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainConfig:
+    """One named training domain. Only the fields of its `source` are meaningful."""
+
+    name: str
+    source: str  # builtin | hub | files
+    builtin: str | None = None  # builtin: corpus name (s2l.data.corpus.BUILTINS)
+    path: str | None = None  # hub: dataset name or dir; files: glob
+    config: str | None = None  # hub: dataset config name
+    split: str = "train"
+    text_field: str = "text"
+    format: str = "json"  # files: datasets builder used on the glob
+    data_files: tuple[str, ...] = ()  # files: the glob, resolved and sorted at parse time
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSetConfig:
+    """One test-set block. Synthetic kinds read held-out text of `domain`; real kinds load
+    `path`/`config`/`split` (or `data_files`) through `datasets.load_dataset`."""
+
+    name: str
+    kind: str
+    domain: str | None = None
+    samples: int = 200  # per domain for kind heldout
+    choices: int = 4
+    path: str | None = None
+    config: str | None = None
+    split: str = "validation"
+    data_files: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    seq_len: int = 128
+    vocab_size: int = 2048
+    pretrained: str | None = None  # a transformers tokenizer name or dir instead of our BPE
+    tokenizer_mb_per_domain: float = 1.0  # BPE trains on this much of each domain's train text
+    cache_dir: str | None = None
+    max_mb_per_domain: float = 2.0  # 7 default domains x 2 MB: prepares in ~30 s on 2 cores
+    heldout_frac: float = 0.05
+    domain_configs: tuple[DomainConfig, ...] = ()
+    test_sets: tuple[TestSetConfig, ...] = ()
+
+    @property
+    def domains(self) -> list[str]:
+        return [d.name for d in self.domain_configs]
+
+    def domain(self, name: str) -> DomainConfig:
+        return {d.name: d for d in self.domain_configs}[name]
+
+    @property
+    def cache_root(self) -> Path:
+        root = self.cache_dir or os.environ.get("S2L_CACHE") or "~/.cache/s2l"
+        return Path(root).expanduser()
+
+    def to_dict(self) -> dict:
+        """JSON-able; everything that determines the prepared data (cache_dir excluded)."""
+        d = dataclasses.asdict(self)
+        d.pop("cache_dir")
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    def fingerprint(self) -> str:
+        """Stable 16-hex hash of `to_dict()` plus the size of each local data file (so edited
+        files give a new cache). Built-in sources are fixed by FORMAT_VERSION and the installed
+        packages; they are not hashed to keep this cheap."""
+        d = self.to_dict()
+        d["file_sizes"] = [[f, os.path.getsize(f) if os.path.exists(f) else -1]
+                           for dc in self.domain_configs for f in dc.data_files]
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def default(cls) -> "DataConfig":
+        return cls.from_sections(Section(None, "data"), Section(None, "test_sets"))
+
+    @classmethod
+    def from_sections(cls, data: Section, test_sets: Section | None = None) -> "DataConfig":
+        d = cls()
+        seq_len = data.get("seq_len", int, d.seq_len, positive)
+        tok = data.section("tokenizer")
+        pretrained = tok.get("pretrained", str, None)
+        vocab = tok.get("vocab_size", int, d.vocab_size,
+                        lambda v: None if v >= 300 else "must be >= 300 (256 bytes + merges)")
+        if pretrained and tok.has("vocab_size"):
+            raise ConfigError(tok.key("vocab_size"),
+                              "give either vocab_size (train a BPE) or pretrained, not both")
+        tok_mb = tok.get("train_mb_per_domain", float, d.tokenizer_mb_per_domain, positive)
+        tok.finish()
+        cfg = dict(
+            seq_len=seq_len, vocab_size=vocab, pretrained=pretrained, tokenizer_mb_per_domain=tok_mb,
+            cache_dir=data.get("cache_dir", str, None),
+            max_mb_per_domain=data.get("max_mb_per_domain", float, d.max_mb_per_domain, positive),
+            heldout_frac=data.get("heldout_frac", float, d.heldout_frac,
+                                  lambda v: None if 0 < v < 1 else "must be in (0, 1)"),
+        )
+        doms = data.section("domains")
+        raw = doms.data or DEFAULT_DOMAINS
+        domains = tuple(_domain(Section(v, doms.key(k)), check_name(doms.key(k), k))
+                        for k, v in (doms.items() if doms.data else raw.items()))
+        data.finish()
+        names = [x.name for x in domains]
+        ts = test_sets if test_sets is not None else Section(None, "test_sets")
+        tests = []
+        for k, v in (ts.items() if ts.data else DEFAULT_TEST_SETS.items()):
+            t = _test_set(Section(v, ts.key(k)), check_name(ts.key(k), k), names)
+            tests.append(t)
+        # heldout sets are named heldout-<domain>; the user's names must not collide with them
+        out_names = [n for t in tests for n in _output_names(t, names)]
+        dup = sorted({n for n in out_names if out_names.count(n) > 1})
+        if dup:
+            raise ConfigError(ts.path, f"test set name {dup[0]!r} occurs twice (heldout sets are "
+                                       "named heldout-<domain>); rename one")
+        return cls(domain_configs=domains, test_sets=tuple(tests), **cfg)
+
+    def test_set_names(self) -> list[str]:
+        """Output test-set names in suite order (a heldout block expands to one per domain)."""
+        return [n for t in self.test_sets for n in _output_names(t, self.domains)]
+
+
+def _output_names(t: TestSetConfig, domains: list[str]) -> list[str]:
+    return [f"heldout-{d}" for d in domains] if t.kind == "heldout" else [t.name]
+
+
+def _domain(s: Section, name: str) -> DomainConfig:
+    source = s.get("source", str, check=one_of(*SOURCES))
+    if source == "builtin":
+        from s2l.data.corpus import BUILTINS  # lazy: corpus imports nothing heavy, but is big
+        dc = DomainConfig(name, source, builtin=s.get("name", str, check=one_of(*BUILTINS)))
+    elif source == "hub":
+        dc = DomainConfig(name, source, path=s.get("path", str), config=s.get("config", str, None),
+                          split=s.get("split", str, "train"),
+                          text_field=s.get("text_field", str, "text"),
+                          data_files=_files(s, "data_files", required=False))
+    else:
+        fmt = s.get("format", str, "json", one_of(*FILE_FORMATS))
+        dc = DomainConfig(name, source, path=s.get("path", str), format=fmt,
+                          text_field=s.get("text_field", str, "text"),
+                          data_files=_files(s, "path", required=True))
+    s.finish()
+    return dc
+
+
+def _files(s: Section, key: str, required: bool) -> tuple[str, ...]:
+    """Resolve a glob (or list of globs) to sorted absolute paths, so the order is fixed."""
+    spec = s.get(key, (str, list), None)
+    if spec is None:
+        return ()
+    pats = [spec] if isinstance(spec, str) else spec
+    files = sorted({os.path.abspath(f) for p in pats for f in glob.glob(os.path.expanduser(str(p)),
+                                                                        recursive=True)})
+    if required and not files:
+        raise ConfigError(s.key(key), f"no files match {spec!r} (relative to {os.getcwd()})")
+    if not required and pats and not files:
+        raise ConfigError(s.key(key), f"no files match {spec!r}")
+    return tuple(files)
+
+
+def _test_set(s: Section, name: str, domains: list[str]) -> TestSetConfig:
+    kind = s.get("kind", str, check=one_of(*SYNTHETIC_KINDS, *REAL_KINDS))
+    has_domain = lambda v: None if v in domains else f"no domain named {v!r}; domains are {domains}"
+    if kind == "heldout":
+        t = TestSetConfig(name, kind, samples=s.get("samples_per_domain", int, 100, positive))
+    elif kind in SYNTHETIC_KINDS:
+        if not s.has("domain"):
+            raise ConfigError(s.key("domain"), f"is required; one of {domains}")
+        t = TestSetConfig(name, kind, domain=s.get("domain", str, check=has_domain),
+                          samples=s.get("samples", int, 200, positive),
+                          choices=s.get("choices", int, 4, lambda v: None if v >= 2 else
+                                        "must be >= 2") if kind == "choice" else 4)
+    else:
+        files = _files(s, "data_files", required=False)
+        if not files and not s.has("path"):
+            raise ConfigError(s.key("path"), "is required (a hub dataset name, or give data_files)")
+        default_path = {"lambada": "EleutherAI/lambada_openai", "hellaswag": "Rowan/hellaswag",
+                        "squad": "rajpurkar/squad", "trivia_qa": "mandarjoshi/trivia_qa"}[kind]
+        path = s.get("path", str, default_path if not files else
+                     ("parquet" if files[0].endswith(".parquet") else "json"))
+        t = TestSetConfig(name, kind, path=path, config=s.get("config", str, None),
+                          split=s.get("split", str, "validation"), data_files=files,
+                          samples=s.get("samples", int, 500, positive))
+    s.finish()
+    return t
