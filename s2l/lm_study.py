@@ -202,9 +202,8 @@ class LMStudy(Study):
                                                      "code_version": code_version()})
 
     def stages(self) -> list[Stage]:
-        from s2l.data import cache_path
-
-        data_dir = self._data_dir or cache_path(self.config.data)
+        data = self.config.data
+        data_dir = self._data_dir or data.cache_root / data.fingerprint()
         tasks = [CellTask(cell=c, out=self.out, data_dir=data_dir, tracking_uri=self.tracking_uri,
                           experiment=self.experiment, parent_run=self._parent,
                           resources=self.slurm.resources_for(c.scale.name))

@@ -97,7 +97,11 @@ class Study(abc.ABC):
         return f"results in {self.out}"
 
 
-#: kind name -> factory(config_path, out_dir_or_None, overrides) -> Study; filled by register()
+#: the module that registers each study kind
+KIND_MODULES = {"lm": "s2l.lm_study", "attribution": "s2l.attribution.study",
+                "selection": "s2l.selection.study"}
+
+#: kind name -> factory(raw_yaml, path, out_dir_or_None, **overrides) -> Study; see register()
 _KINDS: dict[str, Callable[..., Study]] = {}
 
 
@@ -119,19 +123,11 @@ def load_study(path: str | Path, out: str | Path | None = None, **overrides) -> 
 
     raw = read_yaml(path)
     kind = raw.get("kind", "lm")
-    _import_kinds()
+    if kind not in KIND_MODULES:
+        raise ConfigError("kind", f"unknown study kind {kind!r}; expected one of {sorted(KIND_MODULES)}")
     if kind not in _KINDS:
-        raise ConfigError("kind", f"unknown study kind {kind!r}; expected one of {sorted(_KINDS)}")
+        # Imported on demand: `import s2l` stays light, and each module calls register().
+        import importlib
+
+        importlib.import_module(KIND_MODULES[kind])
     return _KINDS[kind](raw, Path(path), out, **overrides)
-
-
-def _import_kinds() -> None:
-    # Imported lazily so that `import s2l` stays light; each module calls register().
-    import importlib
-
-    for mod in ("s2l.lm_study", "s2l.attribution.study", "s2l.selection.study"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a real missing dependency inside the module: surface it
-                raise
