@@ -26,7 +26,8 @@ def seed_mean(per_seed: xr.DataArray) -> xr.DataArray:
 def proxies(reduced: Reduced, flops: xr.DataArray) -> list[str]:
     """Scales other than the reference that have any done cell, cheapest first."""
     has = reduced.done.any(("mixture", "seed"))
-    names = [s for s in reduced.done.scale.values if s != reduced.reference and bool(has.sel(scale=s))]
+    names = [str(s) for s in reduced.done.scale.values
+             if s != reduced.reference and bool(has.sel(scale=s))]
     return sorted(names, key=lambda s: float(flops.sel(scale=s)))
 
 
