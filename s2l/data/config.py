@@ -33,7 +33,7 @@ from s2l.config import ConfigError, Section, check_name, fraction, one_of, posit
 
 # Bump when extraction, splitting, tokenization or test-set construction changes, so old
 # caches are not reused for arrays that would now come out differently.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 SOURCES = ("builtin", "hub", "files")
 FILE_FORMATS = ("json", "text", "csv", "parquet")

@@ -144,7 +144,7 @@ def choice(docs: list[str], n: int, name: str, choices: int, ending_words: int =
 _MARKUP = re.compile(r"<[^>\n]{1,30}>|\[[^\]\n]*\]|^\s*\d+\.\s*")  # tags, [etym], "1."
 
 
-def qa(docs: list[str], n: int, name: str, answer_words: int = 16) -> list[Sample]:
+def qa(docs: list[str], n: int, name: str, answer_words: int = 12) -> list[Sample]:
     """Question -> answer from glossary-like documents (first line = the term, then its
     definition): "Q: What does "term" mean?\\nA:" -> " <first sentence of the definition>"."""
     rng = _rng(name)
@@ -170,17 +170,20 @@ def qa(docs: list[str], n: int, name: str, answer_words: int = 16) -> list[Sampl
 
 def encode_samples(tok, samples: list[Sample], L: int):
     """Rows for samples: tokens int32 (R, L), loss_mask bool (R, L), row_sample, row_choice
-    int64 (R,) with row_sample local to this list. The prompt is cut from the left when
-    prompt + ending exceed L (the ending is what is scored; it keeps at most L - 1 tokens)."""
+    int64 (R,) with row_sample local to this list. When prompt + ending exceed L, the ending
+    keeps its first tokens, leaving the prompt min(its length, L // 2) (a question must stay
+    readable), and the prompt is cut from the left (its end, next to the ending, matters most)."""
     flat = [s.prompt for s in samples] + [e for s in samples for e in s.endings]
     ids = encode_batch(tok, flat) if flat else []
     prompts, endings = ids[:len(samples)], iter(ids[len(samples):])
     pad = tok.eos_token_id
     rows, masks, rs, rc = [], [], [], []
     for k, s in enumerate(samples):
-        for c in range(len(s.endings)):
-            p, e = prompts[k] or [pad], next(endings)[:L - 1]
-            p = p[max(0, len(p) + len(e) - L):]
+        p = prompts[k] or [pad]
+        es = [next(endings)[:L - min(len(p), L // 2)] for _ in s.endings]
+        # one cut for all choices (fitting the longest): every ending sees the same context
+        p = p[max(0, len(p) + max(map(len, es)) - L):]
+        for c, e in enumerate(es):
             row = np.full(L, pad, np.int32)
             row[:len(p) + len(e)] = p + e
             m = np.zeros(L, bool)
