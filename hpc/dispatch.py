@@ -35,6 +35,7 @@ from s2l.config import SlurmConfig
 from s2l.study import Resources, Stage, Task
 
 TAIL_LINES = 15
+STUDY_FILE = "study.pkl"  # the stages, SlurmConfig and cluster of the last dispatch
 
 
 @dataclasses.dataclass
@@ -110,6 +111,7 @@ def run_stages(stages: list[Stage], folder: str | Path, cluster: str = "local",
     cfg = slurm_cfg or SlurmConfig()
     folder = Path(folder).absolute()
     out = Outcome()
+    save_study(folder, stages, cfg, cluster)
     if cluster == "slurm":
         from hpc import slurm
         return slurm.run_stages(stages, folder, cfg, progress, wait, out)
@@ -132,6 +134,22 @@ def run_stages(stages: list[Stage], folder: str | Path, cluster: str = "local",
                             for t in s.tasks if not t.is_done()]
             break
     return out
+
+
+def save_study(folder: Path, stages: list[Stage], cfg: SlurmConfig, cluster: str) -> None:
+    """Pickle what was dispatched, so `hpc/status.py OUT` needs nothing but the out dir."""
+    import pickle
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{STUDY_FILE}.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        pickle.dump({"stages": stages, "slurm": cfg, "cluster": cluster}, f)
+    os.replace(tmp, folder / STUDY_FILE)
+
+
+def load_saved_study(folder: str | Path) -> dict:
+    import pickle
+    with open(Path(folder) / STUDY_FILE, "rb") as f:
+        return pickle.load(f)
 
 
 def split_done(stage: Stage, out: Outcome) -> list[Task]:

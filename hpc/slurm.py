@@ -1,0 +1,284 @@
+"""Slurm side of `hpc.dispatch`: job arrays, per-group resources, afterok chains, one-call polling.
+
+How a study becomes Slurm jobs (`run_stages`):
+- per stage, the tasks not done are grouped by equal `Resources` and packed `cfg.pack` per job;
+- each group becomes job arrays (`executor.batch()`), cut at the cluster's `MaxArraySize` and at
+  `cfg.submit_batch` array tasks per `sbatch`, with `%array_parallelism`;
+- every stage is submitted at once, stage i+1 depending `afterok` on every array of stage i
+  (`--kill-on-invalid-dep=yes`: if stage i fails, Slurm cancels stage i+1 instead of keeping it
+  pending forever), so `submit.py` may exit right after submitting;
+- a task whose recorded job (`OUT/.s2l/jobs.json`) is still pending or running is not
+  resubmitted: it is watched (and depended on) as it is;
+- waiting polls with ONE `sacct` call for all jobs being watched, never one per job.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+from submitit.slurm.slurm import read_job_id
+
+from hpc import record
+from hpc.dispatch import Job, Outcome, Progress, make_jobs, setup_lines, split_done, watch
+from hpc.node import TaskRunner
+from s2l.config import SlurmConfig
+from s2l.study import Resources, Stage
+
+# States after which a job will not run again (sacct shows the latest instance of a job).
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+         "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
+DEFAULT_MAX_ARRAY = 1001  # Slurm's default MaxArraySize, assumed when no cluster answers
+SUBMIT_PAUSE_S = 0.2  # between sbatch calls: a 10,000-task sweep must not flood slurmctld
+
+_max_array: int | None = None
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (array indices are 0..MaxArraySize-1), read once."""
+    global _max_array
+    if _max_array is None:
+        try:
+            text = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                  timeout=30).stdout
+            values = [ln.split("=", 1)[1].strip() for ln in text.splitlines()
+                      if ln.split("=")[0].strip() == "MaxArraySize"]
+            _max_array = int(values[0]) if values else DEFAULT_MAX_ARRAY
+        except (OSError, subprocess.SubprocessError, ValueError):
+            _max_array = DEFAULT_MAX_ARRAY
+    return _max_array
+
+
+def executor_params(r: Resources, cfg: SlurmConfig, n_pack: int, name: str,
+                    dependency: str | None = None) -> dict[str, Any]:
+    """submitit AutoExecutor parameters for one array of jobs with resources `r`.
+
+    A packed job runs `n_pack` tasks one after another, so it asks for `n_pack` times the time.
+    """
+    extra = dict(r.extra)
+    if dependency:
+        extra.setdefault("kill-on-invalid-dep", "yes")
+    p: dict[str, Any] = dict(name=name, timeout_min=r.time_min * n_pack, mem_gb=r.mem_gb,
+                             cpus_per_task=r.cpus, nodes=r.nodes, tasks_per_node=r.tasks_per_node,
+                             slurm_array_parallelism=cfg.array_parallelism,
+                             slurm_setup=setup_lines(cfg, r))
+    if r.gpus:
+        p["gpus_per_node"] = r.gpus
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(r, key):
+            p[f"slurm_{key}"] = getattr(r, key)
+    if dependency:
+        p["slurm_dependency"] = dependency
+    if extra:
+        p["slurm_additional_parameters"] = extra
+    return p
+
+
+_FLAG = {"timeout_min": "time", "mem_gb": "mem", "cpus_per_task": "cpus-per-task",
+         "nodes": "nodes", "tasks_per_node": "ntasks-per-node", "gpus_per_node": "gpus-per-node"}
+
+
+def sbatch_flags(p: dict[str, Any]) -> str:
+    """The sbatch options a parameter dict amounts to, for plans and messages."""
+    out = []
+    for k, v in p.items():
+        if k in ("name", "slurm_setup", "slurm_array_parallelism"):
+            continue
+        if k == "slurm_additional_parameters":
+            out += [f"--{a}={b}" for a, b in v.items()]
+            continue
+        if k == "mem_gb":
+            v = f"{v:g}GB"
+        out.append(f"--{_FLAG.get(k, k.removeprefix('slurm_').replace('_', '-'))}={v}")
+    return " ".join(out)
+
+
+def arrays_of(jobs: list[Job], cfg: SlurmConfig, max_array: int) -> list[list[Job]]:
+    """Cut jobs (already grouped by resources, in order) into arrays of equal resources, each at
+    most min(MaxArraySize, submit_batch) long."""
+    size = max(1, min(max_array, cfg.submit_batch))
+    groups: dict[Resources, list[Job]] = defaultdict(list)
+    for j in jobs:
+        groups[j.resources].append(j)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id ("123" or "123_4"): state} for the given jobs, in ONE sacct call.
+
+    Jobs not (yet) known to accounting are absent; callers treat them as pending.
+    """
+    mains = sorted({j.split("_")[0] for j in job_ids if j})
+    if not mains:
+        return {}
+    res = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)],
+                         capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"sacct failed ({res.returncode}): {res.stderr.strip()}")
+    states: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        state = state.split(" ")[0]  # "CANCELLED by 0" -> "CANCELLED"
+        if not jid or "." in jid:
+            continue
+        for parts in read_job_id(jid):  # expands "123_[4-9%2]" (pending array tasks)
+            if len(parts) == 3:
+                for i in range(int(parts[1]), int(parts[2]) + 1):
+                    states[f"{parts[0]}_{i}"] = state
+            else:
+                states["_".join(parts[:2])] = state
+    return states
+
+
+class SlurmBackend:
+    """Watches already submitted jobs for `hpc.dispatch.watch`."""
+
+    def start(self, jobs: list[Job]) -> dict[str, dict]:
+        return {}  # Slurm schedules; nothing to start here
+
+    def poll(self, jobs: list[Job]) -> None:
+        live = [j for j in jobs if not j.finished]
+        states = sacct_states([j.job_id for j in live])
+        for j in live:
+            j.state = states.get(j.job_id, j.state)  # unknown to sacct yet: unchanged
+            if j.state in FINAL:
+                j.finished = True
+
+
+def adopt_active(stage: str, todo: list, folder: Path) -> tuple[list[Job], list]:
+    """Tasks of `todo` whose recorded Slurm job is still pending/running become Jobs to watch
+    (not resubmitted); returns (those jobs, the tasks left to submit)."""
+    rec = load_slurm_record(folder)
+    ids = {t.key: rec[record.task_id(stage, t.key)]["job_id"] for t in todo
+           if record.task_id(stage, t.key) in rec}
+    if not ids:
+        return [], todo
+    states = sacct_states(list(ids.values()))
+    by_job: dict[str, Job] = {}
+    rest = []
+    for t in todo:
+        jid = ids.get(t.key)
+        state = states.get(jid or "", "")
+        if jid and state and state not in FINAL:
+            e = rec[record.task_id(stage, t.key)]
+            job = by_job.setdefault(jid, Job(stage, [], t.resources, job_id=jid, state=state,
+                                             stdout=e.get("stdout"), stderr=e.get("stderr")))
+            job.tasks.append(t)
+        else:
+            rest.append(t)
+    return list(by_job.values()), rest
+
+
+def load_slurm_record(folder: Path) -> dict[str, dict]:
+    return {k: v for k, v in record.load(folder).items() if v.get("cluster") == "slurm"}
+
+
+def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
+                 dependency: str | None) -> list[str]:
+    """Submit `jobs` as arrays; fills job ids and log paths; returns the array (main) ids."""
+    mains = []
+    for array in arrays_of(jobs, cfg, max_array_size()):
+        n_pack = max(len(j.tasks) for j in array)
+        ex = submitit.AutoExecutor(folder=folder / "logs", cluster="slurm",
+                                   slurm_max_num_timeout=cfg.max_requeues)
+        ex.update_parameters(**executor_params(array[0].resources, cfg, n_pack, f"s2l-{stage}",
+                                               dependency))
+        env = dict(cfg.env)
+        with ex.batch():
+            for j in array:
+                j.handle = ex.submit(TaskRunner(j.tasks, cfg.max_requeues, env))
+        entries = {}
+        for j in array:
+            j.job_id = j.handle.job_id
+            j.stdout, j.stderr = str(j.handle.paths.stdout), str(j.handle.paths.stderr)
+            entries.update({record.task_id(stage, t.key): _entry(j) for t in j.tasks})
+        record.update(folder, entries)  # at once: a crash later must not forget these jobs
+        mains.append(array[0].job_id.split("_")[0])
+        time.sleep(SUBMIT_PAUSE_S)
+    return mains
+
+
+def _entry(j: Job) -> dict:
+    return {"cluster": "slurm", "job_id": j.job_id, "stdout": j.stdout, "stderr": j.stderr}
+
+
+def run_stages(stages: list[Stage], folder: Path, cfg: SlurmConfig,
+               progress: Callable[[Progress], None] | None, wait: bool, out: Outcome) -> Outcome:
+    """Submit every stage (chained with afterok); with `wait`, watch them to the end."""
+    plan: list[tuple[Stage, list[Job]]] = []
+    dependency = None
+    for stage in stages:
+        todo = split_done(stage, out)
+        adopted, todo = adopt_active(stage.name, todo, folder)
+        jobs = make_jobs(stage.name, todo, cfg.pack)
+        mains = submit_stage(stage.name, jobs, folder, cfg, dependency)
+        mains += sorted({j.job_id.split("_")[0] for j in adopted})
+        plan.append((stage, adopted + jobs))
+        if mains:
+            dependency = "afterok:" + ":".join(mains)
+    if not wait:
+        out.submitted = {record.task_id(j.stage, t.key): j.job_id
+                         for _, jobs in plan for j in jobs for t in j.tasks}
+        return out
+    for i, (stage, jobs) in enumerate(plan):
+        if not jobs:
+            continue
+        watch(jobs, SlurmBackend(), progress, cfg.poll_s, out, folder)
+        if any(f.stage == stage.name for f in out.failed):
+            later = [j for _, js in plan[i + 1:] for j in js]
+            cancel([j.job_id for j in later])  # kill-on-invalid-dep does it too; be sure
+            out.blocked += [record.task_id(j.stage, t.key) for j in later for t in j.tasks]
+            break
+    return out
+
+
+def cancel(job_ids: list[str]) -> None:
+    ids = sorted({j for j in job_ids if j})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=120)
+
+
+def describe_plan(stages: list[Stage], cfg: SlurmConfig, max_array: int | None = None,
+                  skip_done: bool = True) -> str:
+    """The sbatch plan for a dry run: per stage and resource group, the arrays and options.
+
+    Touches no scheduler except (once) `scontrol show config` for MaxArraySize when `max_array`
+    is not given. With `skip_done`, tasks already done are left out (as a submission would).
+    """
+    max_array = max_array or max_array_size()
+    lines = []
+    total_jobs = total_arrays = 0
+    prev = None
+    for stage in stages:
+        tasks = [t for t in stage.tasks if not (skip_done and t.is_done())]
+        jobs = make_jobs(stage.name, tasks, cfg.pack)
+        arrays = arrays_of(jobs, cfg, max_array)
+        lines.append(f"stage {stage.name}: {len(tasks)} tasks -> {len(jobs)} jobs "
+                     f"(pack {cfg.pack}) in {len(arrays)} arrays"
+                     + (f", after stage {prev} (afterok)" if prev and arrays else ""))
+        by_res: dict[Resources, list[list[Job]]] = defaultdict(list)
+        for a in arrays:
+            by_res[a[0].resources].append(a)
+        for res, arrs in by_res.items():
+            n_pack = max(len(j.tasks) for a in arrs for j in a)
+            flags = sbatch_flags(executor_params(res, cfg, n_pack, "", "afterok:X" if prev else None))
+            sizes = defaultdict(int)
+            for a in arrs:
+                sizes[len(a)] += 1
+            shape = " + ".join(f"{c} x {s}" for s, c in sorted(sizes.items(), reverse=True))
+            n_tasks = sum(len(j.tasks) for a in arrs for j in a)
+            lines.append(f"  {n_tasks} tasks, arrays {shape} (%{cfg.array_parallelism}): "
+                         f"sbatch {flags}")
+        total_jobs += len(jobs)
+        total_arrays += len(arrays)
+        prev = stage.name if arrays else prev
+    if cfg.setup or cfg.env:
+        lines.append("  setup: " + "; ".join(list(cfg.setup) +
+                                             [f"export {k}={shlex.quote(v)}" for k, v in cfg.env]))
+    lines.append(f"total: {total_jobs} jobs in {total_arrays} sbatch calls "
+                 f"(MaxArraySize {max_array}, submit_batch {cfg.submit_batch})")
+    return "\n".join(lines)
