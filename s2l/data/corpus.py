@@ -155,8 +155,10 @@ def fortunes() -> list[str]:
 def jargon() -> list[str]:
     f = "/usr/share/doc/jargon-text/jargon.txt.gz"
     _need([f] if os.path.exists(f) else [], "jargon-text")
-    text = gzip.open(f).read().decode("latin-1")
-    return [p.strip() for p in re.split(r"\n(?=:[^\n]+?: )", text) if len(p.strip()) > 20]
+    text = gzip.open(f).read().decode("utf-8", "replace")
+    # entries start with an indented ":term:" line; the part before the first is front matter
+    parts = re.split(r"\n(?=   :[^\n:]+:)", text)[1:]
+    return [p.strip() for p in parts if len(p.strip()) > 20]
 
 
 def shakespeare() -> list[str]:
