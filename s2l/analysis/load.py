@@ -28,15 +28,19 @@ class StoreError(ValueError):
     """The store, or what was asked of it, does not fit the schema. CLIs exit 2 on it."""
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a store lazily (dask-backed) and check the parts of the schema analysis needs."""
+def open_store(path: str | Path, dask: bool = False) -> xr.Dataset:
+    """Open a store lazily and check the parts of the schema analysis needs.
+
+    dask=False (default) gives xarray's lazily indexed arrays: a tile read goes straight to
+    zarr, which already fetches a tile's chunks concurrently. Measured on a 154 MB tile of 192
+    chunks: 0.65 s this way, 2.0 s through dask's graph. dask=True for dask-backed variables."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"store not found: {path}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr v3 warns about unicode string coords
-            ds = xr.open_zarr(path, consolidated=False)
+            ds = xr.open_zarr(path, consolidated=False, chunks={} if dask else None)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a readable store"
         raise StoreError(f"cannot open {path} as a Zarr store: {e}") from e
     check_schema(ds)
@@ -107,8 +111,11 @@ def _sample_blocks(ds: xr.Dataset, bytes_per_sample: int, tile_bytes: int) -> li
     (at least one chunk), so no chunk is read twice."""
     n = ds.sizes["sample"]
     chunks = ds["loss"].chunks
+    stored = ds["loss"].encoding.get("chunks")  # on-disk chunk shape when not dask-backed
     if chunks:
         sizes = chunks[3]
+    elif stored:
+        sizes = [stored[3]] * (n // stored[3]) + ([n % stored[3]] if n % stored[3] else [])
     else:  # in-memory dataset: any block size works
         step = max(1, tile_bytes // bytes_per_sample)
         sizes = [step] * -(-n // step)
@@ -123,12 +130,17 @@ def _sample_blocks(ds: xr.Dataset, bytes_per_sample: int, tile_bytes: int) -> li
 
 
 def _sum_by_test_set(tile: np.ndarray, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """tile (mixture, seed, block) -> sums and counts of finite values per test set, each
-    (mixture, seed, test_set). A matmul with the one-hot (block, test_set) matrix does the
-    group-by in one BLAS call."""
+    """tile (mixture, seed, block) float32 -> sums and counts of finite values per test set,
+    each (mixture, seed, test_set) float64. A float32 matmul with the one-hot (block, test_set)
+    matrix does the group-by in one BLAS call (~20x faster than casting the tile to float64;
+    sums keep ~1e-6 relative precision, counts are exact below 2**24). Overwrites NaNs in
+    `tile` with 0."""
     finite = np.isfinite(tile)
-    vals = np.where(finite, tile, 0.0).astype(np.float64)
-    return vals @ onehot, finite.astype(np.float64) @ onehot
+    np.copyto(tile, 0.0, where=~finite)  # in place: no second tile-sized allocation
+    flat = tile.reshape(-1, tile.shape[-1])
+    sums = (flat @ onehot).reshape(*tile.shape[:-1], -1)
+    counts = (finite.reshape(flat.shape).view(np.uint8).astype(np.float32) @ onehot)
+    return sums.astype(np.float64), counts.reshape(sums.shape).astype(np.float64)
 
 
 def _seed_mean(tile: np.ndarray) -> np.ndarray:
@@ -136,7 +148,7 @@ def _seed_mean(tile: np.ndarray) -> np.ndarray:
     finite = np.isfinite(tile)
     n = finite.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(finite, tile, 0.0).sum(1) / n
+        return (np.where(finite, tile, 0.0).sum(1) / n).astype(np.float32)
 
 
 def reduce_store(ds: xr.Dataset, reference: str, per_sample: bool = True,
@@ -155,24 +167,24 @@ def reduce_store(ds: xr.Dataset, reference: str, per_sample: bool = True,
     # reference first: its seed-mean tile is what every proxy's per-sample R^2 is taken against
     order = [ref_i] + [i for i in range(n_s) if i != ref_i]
     for block in _sample_blocks(ds, n_m * n_k * 4, tile_bytes):
-        onehot = np.eye(len(ts))[codes[block]]  # (block, test_set)
+        onehot = np.eye(len(ts), dtype=np.float32)[codes[block]]  # (block, test_set)
         ref_mean = None
         for i in order:
-            tile = np.asarray(ds["loss"].isel(scale=i, sample=block).values, np.float32)
-            s, c = _sum_by_test_set(tile, onehot)
-            sums[i] += s
-            counts[i] += c
-            if has_correct:
-                s, c = _sum_by_test_set(ds["correct"].isel(scale=i, sample=block).values,
-                                        onehot)
-                acc_sums[i] += s
-                acc_counts[i] += c
-            if per_sample:
+            tile = np.array(ds["loss"].isel(scale=i, sample=block).values, np.float32)
+            if per_sample:  # before _sum_by_test_set zeroes the NaNs
                 mean = _seed_mean(tile)
                 if i == ref_i:
                     ref_mean = mean
                 else:
                     sample_r2[i, block] = stats.rowwise_r2(mean, ref_mean)
+            s, c = _sum_by_test_set(tile, onehot)
+            sums[i] += s
+            counts[i] += c
+            if has_correct:
+                correct = np.array(ds["correct"].isel(scale=i, sample=block).values, np.float32)
+                s, c = _sum_by_test_set(correct, onehot)
+                acc_sums[i] += s
+                acc_counts[i] += c
             del tile
     coords = {"scale": names, "mixture": [str(m) for m in ds["mixture"].values],
               "seed": ds["seed"].values, "test_set": ts}
