@@ -17,6 +17,7 @@ Before running, the runner sets up what every task expects of its process:
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from typing import Any
 
@@ -120,9 +121,8 @@ class TaskRunner(submitit.helpers.Checkpointable):
 
 
 def _set_torch_threads(cpus: int) -> None:
-    # Only if the task already imported torch or it is installed: the runner itself needs no torch.
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(max(1, cpus))
+    # Only if unpickling the tasks imported torch already: importing it here would cost every
+    # job seconds; a torch imported later reads OMP_NUM_THREADS, which is set by then.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, cpus))
