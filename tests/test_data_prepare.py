@@ -169,3 +169,13 @@ def test_concurrent_prepare_builds_once(tmp_path):
     fp = small_config(tmp_path / "c").fingerprint()
     assert entries == [fp, f"{fp}.lock"]  # no leftover temporary directory
     PreparedData.load(tmp_path / "c" / fp)
+
+
+def test_pretrained_tokenizer_from_a_directory(data, tmp_path):
+    # a named tokenizer goes through AutoTokenizer.from_pretrained; a local dir keeps it offline
+    cfg = small_config(tmp_path, tokenizer={"pretrained": str(data[1].path / "tokenizer")})
+    assert cfg.fingerprint() != data[0].fingerprint()
+    d = PreparedData.load(prepare_data(cfg))
+    assert d.tokenizer.get_vocab() == data[1].tokenizer.get_vocab()
+    for name in d.domains:  # same tokenizer, same split -> same token streams
+        assert np.array_equal(d.train[name], data[1].train[name])

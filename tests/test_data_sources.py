@@ -1,11 +1,13 @@
 """Domains from `datasets.load_dataset`: hub-style arguments on local files, and file globs."""
+from pathlib import Path
+
 import pytest
 
 from s2l.config import Section
 from s2l.data import DataConfig
 from s2l.data.sources import domain_documents
 
-from test_data_prepare import FIX
+FIX = Path(__file__).parent / "fixtures"
 
 
 def config(domains, **data):
