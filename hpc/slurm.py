@@ -188,9 +188,14 @@ def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
         ex.update_parameters(**executor_params(array[0].resources, cfg, n_pack, f"s2l-{stage}",
                                                dependency))
         env = dict(cfg.env)
-        with ex.batch():
-            for j in array:
-                j.handle = ex.submit(TaskRunner(j.tasks, cfg.max_requeues, env))
+        try:
+            with ex.batch():
+                for j in array:
+                    j.handle = ex.submit(TaskRunner(j.tasks, cfg.max_requeues, env))
+        except Exception as e:  # sbatch refused (unknown partition/account, too much memory...)
+            flags = sbatch_flags(executor_params(array[0].resources, cfg, n_pack, "", dependency))
+            raise SubmissionError(f"sbatch refused {len(array)} jobs of stage {stage!r} "
+                                  f"({flags}): {_last_line(e)}") from e
         entries = {}
         for j in array:
             j.job_id = j.handle.job_id
@@ -200,6 +205,16 @@ def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
         mains.append(array[0].job_id.split("_")[0])
         time.sleep(SUBMIT_PAUSE_S)
     return mains
+
+
+class SubmissionError(RuntimeError):
+    """Slurm refused a submission; the message has sbatch's own reason and the options used.
+    Arrays submitted before it stay submitted (and recorded): a re-run will not duplicate them."""
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
 
 
 def _entry(j: Job) -> dict:

@@ -216,3 +216,12 @@ def test_two_rank_gloo_ddp(cluster, tmp_path):
     r0, r1 = (json.loads((tmp_path / f"ddp.rank{r}.json").read_text()) for r in (0, 1))
     assert (r0["world"], r1["world"]) == (2, 2) and r0["env"]["WORLD_SIZE"] == "2"
     assert r0["params"] == r1["params"]
+
+
+@pytest.mark.slurm
+def test_refused_submission_names_the_reason(cluster, tmp_path):
+    bad = Resources(cpus=1, mem_gb=0.5, time_min=5, partition="no-such-partition")
+    with pytest.raises(slurm.SubmissionError, match="partition") as e:
+        run_stages([Stage("train", [FileTask(tmp_path, "a", resources=bad)])], tmp_path / ".s2l",
+                   cluster="slurm", slurm_cfg=FAST, wait=False)
+    assert "--partition=no-such-partition" in str(e.value)
