@@ -13,6 +13,8 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
+from s2l.analysis.load import as_str
+
 COLORS = [f"C{i}" for i in range(10)]
 
 
@@ -121,7 +123,7 @@ def sample_scatter(pair: xr.DataArray, proxy: str, reference: str, r2_median: fl
     a, b = [str(m) for m in pair.mixture.values]
     dx = (pair.sel(scale=proxy, mixture=a) - pair.sel(scale=proxy, mixture=b)).values
     dy = (pair.sel(scale=reference, mixture=a) - pair.sel(scale=reference, mixture=b)).values
-    ts = pair.test_set.values.astype(str)
+    ts = as_str(pair.test_set.values)
     keep = np.flatnonzero(np.isfinite(dx) & np.isfinite(dy))
     if keep.size > max_points:  # a readable scatter, not 10^6 overplotted points
         keep = np.sort(np.random.default_rng(seed).choice(keep, max_points, replace=False))
@@ -147,7 +149,7 @@ def sample_scatter(pair: xr.DataArray, proxy: str, reference: str, r2_median: fl
 def sample_r2_hist(sample_r2: xr.DataArray, proxies: list[str]) -> Figure:
     """Fig. 5: histograms of per-sample R^2 (across mixtures) per test set, one line per proxy.
     sample_r2: (scale, sample) with test_set along sample."""
-    ts = sample_r2.test_set.values.astype(str)
+    ts = as_str(sample_r2.test_set.values)
     test_sets = list(dict.fromkeys(ts))
     fig, axes = _grid(len(test_sets))
     bins = np.linspace(0, 1, 26)

@@ -60,6 +60,12 @@ def check_schema(ds: xr.Dataset) -> None:
         raise StoreError(f"`correct` must have dims {DIMS}, found {tuple(ds['correct'].dims)}")
 
 
+def as_str(values) -> np.ndarray:
+    """Any string-like array (numpy <U, object, or numpy 2's StringDType, which other writers
+    use and which refuses .astype(str)) as a plain <U array."""
+    return np.asarray(np.asarray(values).tolist(), dtype=str)
+
+
 def scale_names(ds: xr.Dataset) -> list[str]:
     return [str(s) for s in ds["scale"].values]
 
@@ -78,7 +84,7 @@ def pick_reference(ds: xr.Dataset, reference: str | None = None) -> str:
 def test_set_codes(ds: xr.Dataset) -> tuple[list[str], np.ndarray]:
     """Test set names in order of first appearance along `sample`, and each sample's index
     into that list: (names, codes of shape (sample,))."""
-    values = ds["test_set"].values.astype(str)
+    values = as_str(ds["test_set"].values)
     uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
     order = np.argsort(first)
     rank = np.empty_like(order)
@@ -200,8 +206,7 @@ def reduce_store(ds: xr.Dataset, reference: str, per_sample: bool = True,
         acc_mean = acc_mean.where(done)
     r2 = None
     if per_sample:
-        r2 = xr.DataArray(sample_r2, {"scale": names, "test_set": ("sample", ds["test_set"]
-                          .values.astype(str))}, ("scale", "sample"))
+        r2 = xr.DataArray(sample_r2, {"scale": names, "test_set": ("sample", as_str(ds["test_set"].values))}, ("scale", "sample"))
         r2 = r2.where(done.any(("mixture", "seed")))
     return Reduced(loss_mean, acc_mean, done, r2, reference)
 
@@ -224,5 +229,5 @@ def load_pair_samples(ds: xr.Dataset, scales: list[str], mixtures: list[str]) ->
     return xr.DataArray(_seed_mean(sub.values.reshape(-1, *sub.shape[2:]))
                         .reshape(len(scales), len(mixtures), -1),
                         {"scale": scales, "mixture": mixtures,
-                         "test_set": ("sample", ds["test_set"].values.astype(str))},
+                         "test_set": ("sample", as_str(ds["test_set"].values))},
                         ("scale", "mixture", "sample"))
