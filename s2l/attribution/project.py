@@ -8,9 +8,10 @@ G[:, rows] @ P[rows] over chunks, optionally caching the chunks while they fit i
 `cache_bytes` (then each chunk is generated once per model instead of once per batch).
 
 Entries: Rademacher (+-1) or standard normal, *not* scaled by 1/sqrt(k) (as in `traker`; TRAK
-scores without ridge are invariant to a common scale of the features). Materialised in bfloat16
-by default: +-1 is exact in bf16, bf16 matmuls are ~6x faster than fp32 on CPUs with AMX, and
-scores stay within ~0.996 rank correlation of fp32 (DESIGN.md); the sum over chunks is fp32.
+scores without ridge are invariant to a common scale of the features). Materialised in float32
+by default. `dtype=torch.bfloat16` (+-1 is exact in bf16) pays off only where bf16 matmuls are
+fast (GPUs, CPUs with AMX: ~6x, DESIGN.md); on a CPU without AMX/avx512_bf16 (the AMD EPYC this
+was measured on) a bf16 matmul ran 100x *slower* than fp32. The sum over chunks is fp32.
 
 `MatrixProjector` wraps an explicit P (tests, and comparisons with `traker` on the same P).
 """
@@ -26,7 +27,7 @@ class ChunkedProjector:
     """
 
     def __init__(self, grad_dim: int, proj_dim: int, seed: int, kind: str = "rademacher",
-                 dtype: torch.dtype = torch.bfloat16, chunk_rows: int = 16384,
+                 dtype: torch.dtype = torch.float32, chunk_rows: int = 16384,
                  cache_bytes: float = 1 << 30):
         if kind not in ("rademacher", "normal"):
             raise ValueError(f"projection kind must be 'rademacher' or 'normal', got {kind!r}")

@@ -126,7 +126,7 @@ def from_checkpoints(model: nn.Module, checkpoints: Iterable) -> Iterator[nn.Mod
 def trak_scores(models: Iterable[nn.Module], train: tuple[torch.Tensor, ...],
                 targets: tuple[torch.Tensor, ...], proj_dim: int = 2048, seed: int = 0, *,
                 output=None, ridge: float = 0.0, use_q: bool = True,
-                proj_kind: str = "rademacher", proj_dtype: torch.dtype = torch.bfloat16,
+                proj_kind: str = "rademacher", proj_dtype: torch.dtype = torch.float32,
                 batch_size: int = 64, projectors=None) -> torch.Tensor:
     """TRAK scores (n_train, n_targets) float32 of an ensemble, all in memory.
 
