@@ -81,9 +81,13 @@ def main(argv=None) -> int:
 
     from hpc.dispatch import ProgressPrinter, run_stages
 
-    outcome = run_stages(study.stages(), study.out / ".s2l", cluster=cluster,
-                         slurm_cfg=study.slurm, max_parallel=args.max_parallel,
-                         progress=ProgressPrinter(), wait=not args.no_wait)
+    try:
+        outcome = run_stages(study.stages(), study.out / ".s2l", cluster=cluster,
+                             slurm_cfg=study.slurm, max_parallel=args.max_parallel,
+                             progress=ProgressPrinter(), wait=not args.no_wait)
+    except RuntimeError as e:  # hpc.slurm.SubmissionError: sbatch refused (names its reason)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(outcome.summary())
     print(f"wall time {time.time() - t0:.0f}s")
     if outcome.failed or outcome.blocked:

@@ -82,7 +82,6 @@ class CellTask(Task):
         cell, cfg = self.cell, self.cell.sweep
         self.dir.mkdir(parents=True, exist_ok=True)
         data = PreparedData.load(self.data_dir)
-        run = self._tracking_run(dist.is_main)
 
         model = build_model(cell.scale.shape, data.vocab_size, cfg.data.seq_len, cell.seed)
         sampler = MixtureSampler(data.train, cell.mixture.as_dict(), cfg.data.seq_len, cell.seed)
@@ -105,31 +104,48 @@ class CellTask(Task):
                               cell.seed, loss, correct)
         (self.dir / "DONE").write_text(cell.id)
         summary = _per_test_set(data.test, loss, correct)
-        if run is not None:
-            for step, value in history:
-                run.log_metrics({"train_loss": value}, step=step)
-            run.log_metrics({**summary, "train_seconds": train_s})
-            run.finish()
+        self._log_cell(history, {**summary, "train_seconds": train_s})
         ckpt.unlink(missing_ok=True)  # done cells keep their losses, not their optimizer state
         return summary
 
-    def _tracking_run(self, is_main: bool):
-        if not is_main:
-            return None
+    def _log_cell(self, history: list[tuple[int, float]], metrics: dict[str, float]) -> None:
+        """One MLflow child run for the cell: params, config artifact, loss curve, results.
+
+        Logged once the results are safely in the store. If the tracking server cannot be
+        reached (or fails mid-way), everything goes to an offline record under the out dir
+        instead, for `python hpc/sync_tracking.py OUT` to replay: the cell never fails for it.
+        """
         cell = self.cell
-        tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out,
-                                        offline_name=cell.key.replace("/", "__"))
-        run = tracker.cell_run(self.parent_run, cell.key, cell.id)
         params = {"scale": cell.scale.name, "params": cell.scale.params, "tokens": cell.scale.tokens,
                   "flops": f"{cell.scale.flops:.4g}", "mixture": cell.mixture.name,
                   "seed": cell.seed, "cell_id": cell.id, "code_version": code_version(),
                   "d_model": cell.scale.shape.d_model, "n_layers": cell.scale.shape.n_layers,
-                  "steps": cell.steps, **{f"weight.{d}": round(w, 6) for d, w in cell.mixture.weights}}
-        run.log_params(params)
+                  "n_heads": cell.scale.shape.n_heads, "steps": cell.steps,
+                  **{f"weight.{d}": round(w, 6) for d, w in cell.mixture.weights}}
         cell_json = json.dumps({"key": cell.key, **cell.identity(), "id": cell.id}, indent=2)
         (self.dir / "cell.json").write_text(cell_json)
-        run.log_text(cell_json, "cell.json")
-        return run
+        offline = cell.key.replace("/", "__")
+
+        def log(tracker) -> None:
+            parent = self.parent_run
+            if parent and parent.startswith("sweep:") and isinstance(tracker, tracking.MlflowTracker):
+                parent = tracker.sweep_run(parent[len("sweep:"):], {})  # submit ran offline
+            run = tracker.cell_run(parent, cell.key, cell.id)
+            run.log_params(params)
+            run.log_text(cell_json, "cell.json")
+            for step, value in history:
+                run.log_metrics({"train_loss": value}, step=step)
+            run.log_metrics(metrics)
+            run.finish()
+
+        tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out, offline)
+        try:
+            log(tracker)
+        except Exception as e:  # noqa: BLE001 - tracking must never fail a finished cell
+            if isinstance(tracker, tracking.RecordingTracker):
+                raise
+            print(f"tracking failed ({e!r}); keeping this cell's record offline", flush=True)
+            log(tracking.RecordingTracker(tracking.offline_dir(self.out) / f"{offline}.json"))
 
 
 def _check_checkpoint_owner(cell_dir: Path, cell_id: str, ckpt: Path) -> None:

@@ -45,6 +45,9 @@ def default_uri(out: str | Path) -> str:
 
 class MlflowTracker:
     def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
+        # The client retries a dead server for minutes by default; fail within about a minute.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         import mlflow  # heavy: imported only when a real tracker is made
         from mlflow.tracking import MlflowClient
 
@@ -195,11 +198,22 @@ def open_tracker(uri: str, experiment: str, out: str | Path, offline_name: str =
     """MLflow at `uri`; if it cannot be reached, a RecordingTracker writing
     `<out>/tracking-offline/<offline_name>.json` (replayed by `sync_offline`)."""
     try:
+        if uri.startswith(("http://", "https://")):
+            _check_reachable(uri)
         return MlflowTracker(uri, experiment, artifact_root=Path(out) / "mlartifacts")
     except Exception as e:  # noqa: BLE001 - any failure to reach tracking must not lose the cell
         log.warning("tracking server %s unreachable (%s); logging offline under %s",
                     uri, e, offline_dir(out))
         return RecordingTracker(offline_dir(out) / f"{offline_name}.json")
+
+
+def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast: the MLflow client itself retries an unreachable server for minutes."""
+    import urllib.request
+
+    with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+        if r.status != 200:
+            raise OSError(f"{uri}/health answered {r.status}")
 
 
 def sync_offline(out: str | Path, uri: str, experiment: str) -> int:
