@@ -32,6 +32,7 @@ from s2l.study import Resources, Stage
 # States after which a job will not run again (sacct shows the latest instance of a job).
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
          "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
+SIGNAL_DELAY_S = 90  # submitit's default: USR2 this long before the time limit (checkpoint + requeue)
 DEFAULT_MAX_ARRAY = 1001  # Slurm's default MaxArraySize, assumed when no cluster answers
 SUBMIT_PAUSE_S = 0.2  # between sbatch calls: a 10,000-task sweep must not flood slurmctld
 
@@ -58,6 +59,8 @@ def executor_params(r: Resources, cfg: SlurmConfig, n_pack: int, name: str,
     """submitit AutoExecutor parameters for one array of jobs with resources `r`.
 
     A packed job runs `n_pack` tasks one after another, so it asks for `n_pack` times the time.
+    The USR2 warning comes `signal_delay(...)` seconds before the limit: submitit's fixed 90 s
+    would signal a job with a 1-minute limit at once, and it would requeue itself in a loop.
     """
     extra = dict(r.extra)
     if dependency:
@@ -65,7 +68,8 @@ def executor_params(r: Resources, cfg: SlurmConfig, n_pack: int, name: str,
     p: dict[str, Any] = dict(name=name, timeout_min=r.time_min * n_pack, mem_gb=r.mem_gb,
                              cpus_per_task=r.cpus, nodes=r.nodes, tasks_per_node=r.tasks_per_node,
                              slurm_array_parallelism=cfg.array_parallelism,
-                             slurm_setup=setup_lines(cfg, r))
+                             slurm_setup=setup_lines(cfg, r),
+                             slurm_signal_delay_s=signal_delay(r.time_min * n_pack))
     if r.gpus:
         p["gpus_per_node"] = r.gpus
     for key in ("partition", "account", "qos", "constraint"):
@@ -78,8 +82,16 @@ def executor_params(r: Resources, cfg: SlurmConfig, n_pack: int, name: str,
     return p
 
 
+def signal_delay(time_min: int) -> int:
+    """Seconds before the time limit at which a job gets USR2: 90 s, but at most a quarter of
+    the limit (Slurm may also send it up to 60 s early: limits under ~2 min get no warning
+    worth the name)."""
+    return max(1, min(SIGNAL_DELAY_S, time_min * 60 // 4))
+
+
 _FLAG = {"timeout_min": "time", "mem_gb": "mem", "cpus_per_task": "cpus-per-task",
          "nodes": "nodes", "tasks_per_node": "ntasks-per-node", "gpus_per_node": "gpus-per-node"}
+_FORMAT = {"slurm_signal_delay_s": ("signal", lambda v: f"USR2@{v}")}
 
 
 def sbatch_flags(p: dict[str, Any]) -> str:
@@ -93,6 +105,8 @@ def sbatch_flags(p: dict[str, Any]) -> str:
             continue
         if k == "mem_gb":
             v = f"{v:g}GB"
+        if k in _FORMAT:
+            k, v = _FORMAT[k][0], _FORMAT[k][1](v)
         out.append(f"--{_FLAG.get(k, k.removeprefix('slurm_').replace('_', '-'))}={v}")
     return " ".join(out)
 

@@ -225,3 +225,11 @@ def test_refused_submission_names_the_reason(cluster, tmp_path):
         run_stages([Stage("train", [FileTask(tmp_path, "a", resources=bad)])], tmp_path / ".s2l",
                    cluster="slurm", slurm_cfg=FAST, wait=False)
     assert "--partition=no-such-partition" in str(e.value)
+
+
+def test_short_time_limit_gets_an_early_enough_warning():
+    # submitit's fixed USR2@90 would signal a 1-minute job at once: it requeued itself in a loop
+    cfg = SlurmConfig()
+    assert "--signal=USR2@15" in slurm.sbatch_flags(slurm.executor_params(Resources(time_min=1), cfg, 1, "x"))
+    assert "--signal=USR2@90" in slurm.sbatch_flags(slurm.executor_params(Resources(time_min=60), cfg, 1, "x"))
+    assert slurm.executor_params(Resources(time_min=2), cfg, 2, "x")["slurm_signal_delay_s"] == 60
