@@ -279,10 +279,14 @@ def snapshot(jobs: list[Job], stage: str, total: int, elapsed: float) -> Progres
             done += job.n_done
             failed += len(job.tasks) - job.n_done
         elif job.state in ("RUNNING", "COMPLETING"):
+            active = False  # a packed job runs its tasks one after another
             for t in job.tasks:  # a packed job's earlier tasks may be done already
                 if t.is_done():
                     done += 1
                     continue
+                if active:
+                    continue  # queued behind the running one: counted as pending
+                active = True
                 running += 1
                 p = t.progress()
                 if p is not None:
