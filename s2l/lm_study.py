@@ -133,8 +133,7 @@ class CellTask(Task):
             run = tracker.cell_run(parent, cell.key, cell.id)
             run.log_params(params)
             run.log_text(cell_json, "cell.json")
-            for step, value in history:
-                run.log_metrics({"train_loss": value}, step=step)
+            run.log_history("train_loss", history)
             run.log_metrics(metrics)
             run.finish()
 

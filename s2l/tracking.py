@@ -33,6 +33,7 @@ class CellRun(Protocol):
 
     def log_params(self, params: dict) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_history(self, key: str, points: list[tuple[int, float]]) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -115,8 +116,19 @@ class _MlflowCellRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        for lo in range(0, len(batch), 500):
+        self._log([Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def log_history(self, key: str, points: list[tuple[int, float]]) -> None:
+        """A whole curve in few requests (one call per point is slow on SQLite and servers)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._log([Metric(key, float(v), now, int(step)) for step, v in points])
+
+    def _log(self, batch) -> None:
+        for lo in range(0, len(batch), 500):  # MLflow's per-request limit on metrics
             self.client.log_batch(self.run_id, metrics=batch[lo:lo + 500])
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -179,6 +191,10 @@ class _RecordedRun:
         self.record["metrics"] += [[k, float(v), step or 0] for k, v in metrics.items()]
         self.tracker._save()
 
+    def log_history(self, key: str, points: list[tuple[int, float]]) -> None:
+        self.record["metrics"] += [[key, float(v), int(step)] for step, v in points]
+        self.tracker._save()
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self.record["artifacts"][artifact_file] = text
         self.tracker._save()
@@ -233,8 +249,11 @@ def sync_offline(out: str | Path, uri: str, experiment: str) -> int:
                 parent_ids[parent] = tracker.sweep_run(parent[len("sweep:"):], {})
             run = tracker.cell_run(parent_ids.get(parent, parent), r["name"], r["tags"][CELL_TAG])
             run.log_params(r["params"])
+            curves: dict[str, list] = {}
             for key, value, step in r["metrics"]:
-                run.log_metrics({key: value}, step=step)
+                curves.setdefault(key, []).append((step, value))
+            for key, points in curves.items():
+                run.log_history(key, points)
             for name, text in r["artifacts"].items():
                 run.log_text(text, name)
             run.finish(r["status"] if r["status"] != "RUNNING" else "FAILED")
