@@ -88,6 +88,10 @@ def main(argv=None) -> int:
     except RuntimeError as e:  # hpc.slurm.SubmissionError: sbatch refused (names its reason)
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # local jobs were cancelled on the way out; done cells stay done
+        print(f"\ninterrupted: finished cells are kept in {study.out}; re-run the same "
+              "command to run only what is missing", file=sys.stderr)
+        return 130
     print(outcome.summary())
     print(f"wall time {time.time() - t0:.0f}s")
     if outcome.failed or outcome.blocked:
