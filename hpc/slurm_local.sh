@@ -13,6 +13,10 @@
 #   AuthInfo=cred_expire=10     a requeued job otherwise waits 120 s before it may run again
 #   CPUs/RealMemory only        (no sockets/threads) so that each CPU is a schedulable core
 #   JobRequeue=1                preempted/timed-out submitit jobs requeue themselves
+#   SchedulerParameters=bf_interval=1,sched_interval=2
+#                               a requeued job becomes eligible again without an event that
+#                               wakes the scheduler: with the defaults (30/60 s) it sat PENDING
+#                               ~40 s after its credential delay had passed
 set -euo pipefail
 
 CLUSTER=${S2L_SLURM_CLUSTER:-s2l}
@@ -103,6 +107,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=2
 JobRequeue=1
 ReturnToService=2
 KillWait=5
@@ -137,9 +142,11 @@ StorageUser=slurm
 StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 EOF
-    # Replace only on change, so a re-run of `up` against running daemons changes nothing.
+    # Replace only on change, so a re-run of `up` against running daemons changes nothing;
+    # a changed slurm.conf is applied to running daemons by `scontrol reconfigure` (start_slurm).
+    CHANGED=""
     for f in slurm.conf slurmdbd.conf; do
-        if cmp -s "$ETC/$f.new" "$ETC/$f"; then rm "$ETC/$f.new"; else mv "$ETC/$f.new" "$ETC/$f"; fi
+        if cmp -s "$ETC/$f.new" "$ETC/$f"; then rm "$ETC/$f.new"; else mv "$ETC/$f.new" "$ETC/$f"; CHANGED="$CHANGED $f"; fi
     done
     chmod 600 "$ETC/slurmdbd.conf"
 }
@@ -149,8 +156,13 @@ start_slurm() {
     wait_for 60 slurmdbd sacctmgr -n list cluster
     sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER" ||
         sacctmgr -i add cluster "$CLUSTER" >/dev/null
-    alive "$STATE/run/slurmctld.pid" || slurmctld
+    local was_up=""
+    alive "$STATE/run/slurmctld.pid" && was_up=1 || slurmctld
     wait_for 60 slurmctld scontrol ping
+    if [ -n "$was_up" ] && [[ "$CHANGED" == *slurm.conf* ]]; then
+        log "slurm.conf changed: scontrol reconfigure"
+        scontrol reconfigure
+    fi
     alive "$STATE/run/slurmd.pid" || slurmd -N "$NODE"
     # A node left DOWN/DRAIN by an earlier unclean stop comes back with RESUME.
     local state
