@@ -84,7 +84,8 @@ class _Base(Task):
 
     @property
     def marker(self) -> Path:
-        return self.out / "markers" / f"{self.key.replace('/', '__')}"
+        # per task class: the proxy and featurize tasks of a size share their key
+        return self.out / "markers" / type(self).__name__ / self.key.replace("/", "__")
 
     def is_done(self) -> bool:
         return self.marker.exists() and self.marker.read_text() == self.cfg.fingerprint()
