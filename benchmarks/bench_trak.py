@@ -148,7 +148,9 @@ def main() -> None:
     ap.add_argument("--skip", choices=["throughput", "memory"], default=None)
     args = ap.parse_args()
     import logging
+    import os
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # traker's progress bars
     import torch
 
     logging.disable(logging.WARNING)

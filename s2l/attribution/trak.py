@@ -12,8 +12,8 @@ out-to-loss term is kept (`use_q=True`, what `traker` does; the small-to-large p
 because saturated softmaxes drive 1 - p to ~0). S[i, j] > 0: train example i is predicted to
 *raise* target j's output (its margin) when included.
 
-K_m^{-1} is a pseudo-inverse from an eigendecomposition in float64: with ridge = 0 and n < k
-the kernel is singular and a plain inverse returns noise. `traker` additionally divides each
+K_m^{-1} is computed in float64, by Cholesky when K_m is well conditioned and otherwise as a
+pseudo-inverse (with ridge = 0 and n < k the kernel is singular and a plain inverse is noise). `traker` additionally divides each
 K_m^{-1} by its mean absolute entry, which reweights ensemble members; we do not (scores of one
 model are identical up to that constant).
 
@@ -55,10 +55,18 @@ def featurize(model: nn.Module, data: tuple[torch.Tensor, ...], projector, outpu
 
 
 def kernel_inverse(K: torch.Tensor, ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
-    """(K + ridge I)^{-1} (k, k) float64, as a pseudo-inverse: eigenvalues below
-    rcond * max eigenvalue are treated as zero."""
+    """(K + ridge I)^{-1} (k, k) float64. Cholesky when K is well conditioned (O(k^3/3));
+    otherwise a pseudo-inverse from an eigendecomposition (~30x slower at k=2048) in which
+    eigenvalues below rcond * max eigenvalue count as zero (n < k without ridge)."""
     K = K.double() + ridge * torch.eye(K.shape[0], dtype=torch.float64)
-    evals, evecs = torch.linalg.eigh((K + K.T) / 2)
+    K = (K + K.T) / 2
+    L, info = torch.linalg.cholesky_ex(K)
+    if info.item() == 0:
+        d = L.diagonal()
+        # (min/max of diag L)^2 bounds the smallest/largest eigenvalue ratio from above
+        if (d.min() / d.max()) ** 2 > rcond * 1e-2:  # not numerically singular
+            return torch.cholesky_inverse(L)
+    evals, evecs = torch.linalg.eigh(K)
     keep = evals > rcond * evals.max().clamp_min(0)
     inv = torch.where(keep, 1.0 / evals.where(keep, torch.ones_like(evals)), torch.zeros_like(evals))
     return (evecs * inv) @ evecs.T
