@@ -49,7 +49,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cluster = resolve_cluster(args.cluster)
     try:
-        study = load_study(args.sweep, out=args.out, tracking_uri=args.tracking_uri)
+        # Only overrides the user gave: not every study kind tracks to MLflow.
+        overrides = {"tracking_uri": args.tracking_uri} if args.tracking_uri else {}
+        study = load_study(args.sweep, out=args.out, **overrides)
     except ConfigError as e:
         print(f"error: {args.sweep}: {e}", file=sys.stderr)
         return 2
