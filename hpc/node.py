@@ -37,9 +37,15 @@ def thread_env(cpus: int) -> dict[str, str]:
 def ddp_env(job_env: Any) -> dict[str, str]:
     """torchrun-style variables for the current rank of a multi-task submitit job.
 
-    The port is derived from the job id so that two DDP jobs sharing a node do not collide.
+    The port is derived from the job id so that two DDP jobs sharing a node do not collide:
+    the raw id (SLURM_JOB_ID), which is unique per array task too; digits of "12_34" are not
+    ("1_234" has the same).
     """
-    job_id = "".join(c for c in str(job_env.job_id) if c.isdigit()) or "0"
+    try:
+        raw = job_env.raw_job_id
+    except (KeyError, AttributeError):
+        raw = job_env.job_id
+    job_id = "".join(c for c in str(raw) if c.isdigit()) or "0"
     try:
         master = job_env.hostnames[0]
     except Exception:  # local executor, or an unparsable node list: one node anyway
