@@ -128,6 +128,8 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
+        if dist.is_main:
+            print(f"[s2l] resumed from {checkpoint} at step {start}/{total_steps}", flush=True)
     net = dist.wrap(model, device)
     if cfg.compile:
         net = torch.compile(net)
