@@ -169,6 +169,16 @@ def write_cell(path: str | Path, scale: str, mixture: str, seed: int,
     group["done"][i, j, k] = True
 
 
+def write_weights(path: str | Path, weights: np.ndarray) -> None:
+    """Overwrite `weight` (mixture, domain), e.g. with selected subsets' domain make-up once
+    they are known (one writer, after the store was created)."""
+    group = zarr.open_group(str(path), mode="r+")
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != group["weight"].shape:
+        raise ValueError(f"weights have shape {weights.shape}, store expects {group['weight'].shape}")
+    group["weight"][:] = weights
+
+
 def done_cells(path: str | Path) -> dict[str, bool]:
     """{"scale/mixture/seed": done} for every cell of the store (a cheap read)."""
     group = zarr.open_group(str(path), mode="r")

@@ -194,8 +194,6 @@ def selection_path(out: Path, name: str, seed: int) -> Path:
 @dataclasses.dataclass
 class Select(_Base):
     def run(self):
-        import zarr
-
         from s2l.selection import dsdm, dsir
         from s2l.selection.pool import Pool, text_tokens
 
@@ -225,8 +223,8 @@ class Select(_Base):
         (self.out / "selections" / "composition.json").write_text(json.dumps(info, indent=1))
         # The store's `weight` (mixture, domain) = the domain composition of each selection
         # (of its last seed): the only writer of this small array, once.
-        group = zarr.open_group(str(self.out / "losses.zarr"), mode="r+")
-        group["weight"][:] = np.array([list(info[m].values()) for m in cfg.selections()])
+        store.write_weights(self.out / "losses.zarr",
+                            np.array([list(info[m].values()) for m in cfg.selections()]))
         self.mark_done()
 
 
