@@ -194,6 +194,7 @@ def selection_path(out: Path, name: str, seed: int) -> Path:
 @dataclasses.dataclass
 class Select(_Base):
     def run(self):
+        from s2l import store
         from s2l.selection import dsdm, dsir
         from s2l.selection.pool import Pool, text_tokens
 
