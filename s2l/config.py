@@ -144,6 +144,19 @@ def one_of(*options):
     return lambda v: None if v in options else f"must be one of {list(options)}"
 
 
+def parse_seeds(s: "Section", default: list[int]) -> tuple[int, ...]:
+    """The top-level `seeds:` list: distinct non-negative integers, at least one."""
+    seeds = s.get("seeds", list, list(default))
+    if not seeds:
+        raise ConfigError(s.key("seeds"), "must list at least one seed")
+    for i, v in enumerate(seeds):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{s.key('seeds')}[{i}]", f"must be a non-negative integer, got {v!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(s.key("seeds"), f"has duplicates: {seeds}")
+    return tuple(seeds)
+
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 

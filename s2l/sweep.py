@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 
 from s2l.config import (ConfigError, Section, SlurmConfig, TrackingConfig, TrainConfig,
-                        check_name, non_negative, positive)
+                        check_name, non_negative, parse_seeds, positive)
 from s2l.model import LADDER, ModelShape, chinchilla_tokens, training_flops
 
 #: Bump when a code change alters what a cell computes: it changes every cell id.
@@ -118,14 +118,7 @@ def parse_sweep(raw: dict, path: Path) -> SweepConfig:
     top = Section(raw)
     top.get("kind", str, "lm")
     name = check_name("name", top.get("name", str, path.stem))
-    seeds = top.get("seeds", list, [0])
-    if not seeds:
-        raise ConfigError("seeds", "must list at least one seed")
-    for i, s in enumerate(seeds):
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(f"seeds[{i}]", f"must be a non-negative integer, got {s!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError("seeds", f"has duplicates: {seeds}")
+    seeds = parse_seeds(top, [0])
     tpp = top.get("tokens_per_param", float, 20.0, positive)
     mult = top.get("token_multiplier", float, 1.0, positive)
     data = DataConfig.from_sections(top.section("data"), top.section("test_sets"))
