@@ -60,6 +60,31 @@ def mlflow_server(tmp_path_factory) -> str:
     proc.wait(timeout=30)
 
 
+def _cluster_answers() -> str | None:
+    """None when the local Slurm cluster takes jobs and accounting works, else why not."""
+    if not shutil.which("sbatch"):
+        return "sbatch not on PATH"
+    for cmd in (["sinfo", "-h", "-o", "%t"], ["sacct", "-n", "-X", "-S", "now"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            return f"{' '.join(cmd)} failed: {r.stderr.strip()}"
+        if cmd[0] == "sinfo" and not {"idle", "mix", "alloc"} & set(r.stdout.split()):
+            return f"no usable node (sinfo says {r.stdout.split()})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The local Slurm cluster (`hpc/slurm_local.sh up`). Tests using it skip without one,
+    but FAIL when S2L_REQUIRE_SLURM=1 (CI), so a missing cluster cannot pass silently."""
+    problem = _cluster_answers()
+    if problem:
+        msg = f"no local Slurm cluster ({problem}); start one with `hpc/slurm_local.sh up`"
+        if os.environ.get("S2L_REQUIRE_SLURM") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None = None):
     """Run `python hpc/submit.py ...` (or another script) as a user would; returns the
     CompletedProcess with text output."""

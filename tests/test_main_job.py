@@ -2,7 +2,6 @@
 with a real MLflow server; then a re-run (does nothing) and an interrupted run (resumes)."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys

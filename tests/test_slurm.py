@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -98,28 +97,6 @@ def test_status_after_local_run(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- real Slurm
-
-def _cluster_answers() -> str | None:
-    if not shutil.which("sbatch"):
-        return "sbatch not on PATH"
-    for cmd in (["sinfo", "-h", "-o", "%t"], ["sacct", "-n", "-X", "-S", "now"]):
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
-            return f"{' '.join(cmd)} failed: {r.stderr.strip()}"
-        if cmd[0] == "sinfo" and not {"idle", "mix", "alloc"} & set(r.stdout.split()):
-            return f"no usable node (sinfo says {r.stdout.split()})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    problem = _cluster_answers()
-    if problem:
-        msg = f"no local Slurm cluster ({problem}); start one with `hpc/slurm_local.sh up`"
-        if os.environ.get("S2L_REQUIRE_SLURM") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-
 
 FAST = SlurmConfig(poll_s=1.0, array_parallelism=2, max_requeues=2,
                    default=Resources(cpus=1, mem_gb=0.5, time_min=5))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
@@ -33,19 +32,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from test_slurm import _cluster_answers
 
 SMOKE = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    problem = _cluster_answers()
-    if problem:
-        msg = f"no local Slurm cluster ({problem}); start one with `hpc/slurm_local.sh up`"
-        if os.environ.get("S2L_REQUIRE_SLURM") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
 
 
 def _write_sweep(path: Path, raw: dict | None = None, **top) -> Path:

@@ -1,7 +1,6 @@
 """The loss store: schema, NaN fill, concurrent cell writes from processes, migration."""
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 
 import numpy as np

@@ -27,9 +27,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-from s2l.config import ConfigError, Section, check_name, fraction, one_of, positive
+from s2l.config import ConfigError, Section, check_name, one_of, positive
 
 # Bump when extraction, splitting, tokenization or test-set construction changes, so old
 # caches are not reused for arrays that would now come out differently.
