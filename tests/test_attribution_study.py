@@ -90,3 +90,20 @@ def test_hub_format_parquet_loader(tmp_path):
     assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32
     assert y.tolist() == [0, 1, 2, 3, 4, 5]
     assert abs(x.mean().item()) < 1e-4  # normalised per channel
+
+
+def test_tiny_study_through_submit_runs_stages_in_order(tmp_path):
+    """The same study as a user runs it: every task in a process of its own, stage after
+    stage, through hpc/submit.py; a re-run has nothing to do."""
+    from conftest import run_cli
+
+    sweep = _write(tmp_path, TINY.replace("slurm: {resources: {k0.0625: {cpus: 2}}}",
+                                          "slurm: {pack: 4}"))
+    out = tmp_path / "out"
+    proc = run_cli("hpc/submit.py", str(sweep), "--out", str(out), "--cluster", "local")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "lds.csv")))
+    assert [r["proxy"] for r in rows] == ["k0.03125", "k0.0625"]
+    assert all(np.isfinite(float(r["lds"])) for r in rows)
+    again = run_cli("hpc/submit.py", str(sweep), "--out", str(out), "--cluster", "local")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
