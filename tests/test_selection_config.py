@@ -24,13 +24,15 @@ def base():
 
 def test_sweep_file_loads(tmp_path):
     study = load_study(ROOT / "sweeps" / "selection.yaml", out=tmp_path)
-    cfg = study.cfg
-    assert cfg.target_set == "cloze" and cfg.all_proxies == ("20k", "50k", "200k")
-    assert cfg.selections() == ["dsdm-20k", "dsdm-50k", "dsdm-200k", "random", "dsir"]
+    cfg, raw = study.cfg, base()
+    sizes = tuple(raw["proxies"]["sizes"]) + (raw["reference"]["size"],)
+    assert cfg.target_set == "cloze" and cfg.all_proxies == sizes
+    assert cfg.selections() == [f"dsdm-{s}" for s in sizes] + ["random", "dsir"]
+    assert cfg.target_tokens == "full" and cfg.log_odds
     names = [s.name for s in study.stages()]
     assert names == ["proxies", "featurize", "score", "select", "final", "report"]
-    assert len(study.stages()[4].tasks) == 5 * 3
-    assert "select n=560" in study.describe()
+    assert len(study.stages()[4].tasks) == (len(sizes) + 2) * len(raw["seeds"])
+    assert f"select n={raw['select']['n']}" in study.describe()
     import pickle
     pickle.dumps(study.stages())  # tasks travel to nodes
 
@@ -47,6 +49,7 @@ def test_sweep_file_loads(tmp_path):
     (lambda r: r["select"].update(methods=["dsdm"]), "select.methods"),
     (lambda r: r["pool"].update(colour="red"), "pool.colour"),
     (lambda r: r["trak"].update(proj_dim="big"), "trak.proj_dim"),
+    (lambda r: r["trak"].update(target_tokens="prompt"), "trak.target_tokens"),
     (lambda r: r["dsir"].update(ngrams=5), "dsir.ngrams"),
     (lambda r: r.update(seeds=[0, 0]), "seeds"),
     (lambda r: r["slurm"].update(resources={"1M": {"cpus": 2}}), "slurm.resources.1M"),
@@ -59,3 +62,13 @@ def test_errors_name_the_key_path(tmp_path, edit, path):
         load_study(write(tmp_path, raw), out=tmp_path / "out")
     assert e.value.path == path, str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_target_tokens_full_mask_covers_prompt_and_answer():
+    import numpy as np
+
+    from s2l.selection.pool import full_text_mask
+
+    m = np.array([[0, 0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0, 0], [0] * 7], dtype=bool)
+    want = np.array([[1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0], [1] * 7], dtype=bool)
+    assert (full_text_mask(m) == want).all()

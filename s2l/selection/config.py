@@ -10,7 +10,8 @@
     proxies: {sizes: [20k, 50k], models: 3, subset_frac: 0.5, steps: 200}
     reference: {size: 200k, steps: 400, as_proxy: true}
     select: {n: 700, methods: [dsdm, random, dsir], seed: 0}
-    trak: {proj_dim: 512, ridge: 0.0, batch_size: 16, seed: 0, log_odds: false}
+    trak: {proj_dim: 512, ridge: 0.0, batch_size: 16, seed: 0, log_odds: false,
+           target_tokens: full}     # answer: only the answer tokens of a target example
     dsir: {buckets: 10000, ngrams: 2}
     train: {...}                     # s2l.config.TrainConfig, shared by proxies and reference
     slurm: {...}                     # s2l.config.SlurmConfig, keyed by size name
@@ -25,10 +26,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from s2l.config import ConfigError, Section, SlurmConfig, TrainConfig, check_name, positive
+from s2l.config import (ConfigError, Section, SlurmConfig, TrainConfig, check_name, parse_seeds,
+                        positive)
 from s2l.model import LADDER, ModelShape
 
 METHODS = ("dsdm", "random", "dsir")
+#: which tokens of a target example make its datamodel output: the answer tokens the task
+#: scores, or the whole text (prompt + answer), a less noisy signal for tiny proxies
+TARGET_TOKENS = ("full", "answer")
 #: bump when a code change alters what any task computes: it invalidates every done marker
 RESULT_VERSION = 1
 
@@ -64,6 +69,7 @@ class SelectionConfig:
     trak_batch_size: int = 16
     trak_seed: int = 0
     log_odds: bool = False
+    target_tokens: str = "full"
     dsir_buckets: int = 10000
     dsir_ngrams: int = 2
     yaml_text: str = ""
@@ -112,14 +118,7 @@ def parse(raw: dict, path: Path) -> SelectionConfig:
     top = Section(raw)
     top.get("kind", str)
     name = check_name("name", top.get("name", str, path.stem))
-    seeds = top.get("seeds", list, list(d.seeds))
-    if not seeds:
-        raise ConfigError("seeds", "must list at least one seed")
-    for i, s in enumerate(seeds):
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(f"seeds[{i}]", f"must be a non-negative integer, got {s!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError("seeds", f"has duplicates: {seeds}")
+    seeds = parse_seeds(top, list(d.seeds))
     data = DataConfig.from_sections(top.section("data"), top.section("test_sets"))
     train = TrainConfig.from_section(top.section("train"))
 
@@ -175,7 +174,10 @@ def parse(raw: dict, path: Path) -> SelectionConfig:
                 ridge=tr.get("ridge", float, d.ridge, lambda v: None if v >= 0 else "must be >= 0"),
                 trak_batch_size=tr.get("batch_size", int, d.trak_batch_size, positive),
                 trak_seed=tr.get("seed", int, d.trak_seed),
-                log_odds=tr.get("log_odds", bool, d.log_odds))
+                log_odds=tr.get("log_odds", bool, d.log_odds),
+                target_tokens=tr.get("target_tokens", str, d.target_tokens,
+                                     lambda v: None if v in TARGET_TOKENS else
+                                     f"must be one of {list(TARGET_TOKENS)}"))
     tr.finish()
 
     ds = top.section("dsir")

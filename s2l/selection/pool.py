@@ -83,6 +83,17 @@ def target_rows(suite, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return suite.tokens[rows], suite.loss_mask[rows]
 
 
+def full_text_mask(loss_mask: np.ndarray) -> np.ndarray:
+    """bool (T, L): every token of each target row up to the end of its answer (prompt +
+    answer, no right padding), the datamodel target of `trak.target_tokens: full`."""
+    loss_mask = np.asarray(loss_mask, dtype=bool)
+    out = np.zeros_like(loss_mask)
+    for i, m in enumerate(loss_mask):
+        end = int(np.flatnonzero(m).max()) + 1 if m.any() else len(m)
+        out[i, :end] = True
+    return out
+
+
 def text_tokens(tokens: np.ndarray, loss_mask: np.ndarray) -> list[np.ndarray]:
     """Each target row without its right padding: the prompt and the answer (DSIR's target
     text). tokens/loss_mask (T, L) -> T int arrays."""

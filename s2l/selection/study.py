@@ -138,7 +138,7 @@ class Featurize(_Base):
         from s2l.attribution.grads import grad_dim
         from s2l.attribution.trak import model_seed
         from s2l.selection import dsdm
-        from s2l.selection.pool import Pool
+        from s2l.selection.pool import Pool, full_text_mask
 
         torch = _torch(self.cfg)
         cfg = self.cfg
@@ -151,7 +151,11 @@ class Featurize(_Base):
         t0 = time.perf_counter()
         bs = cfg.trak_batch_size
         phi = dsdm.featurize(model, pool.tokens, None, proj, cfg.log_odds, bs)
-        phi_t = dsdm.featurize(model, split["target_tokens"], split["target_mask"], proj, cfg.log_odds, bs)
+        # the datamodel target: the whole target text (default) or only its answer tokens
+        t_mask = split["target_mask"]
+        if cfg.target_tokens == "full":
+            t_mask = full_text_mask(t_mask)
+        phi_t = dsdm.featurize(model, split["target_tokens"], t_mask, proj, cfg.log_odds, bs)
         store = _feature_store(cfg, self.out, self.size, len(pool), len(phi_t))
         store.write(self.member, phi, phi_t, np.ones(len(pool), np.float32))
         n_rows = len(pool) + len(phi_t)
