@@ -4,9 +4,16 @@ the target loss most, with TRAK datamodels computed on small proxies.
 For each proxy model m (trained on a random subset of the pool) TRAK featurizes the pool and
 the target examples with the LM model output
 
-    f(z; theta) = mean over z's predicted (answer) tokens t of p_t / (1 - p_t)
+    f(z; theta) = mean over z's predicted tokens t of log(p_t / (1 - p_t))   (trak.log_odds: true)
+                  mean over z's predicted tokens t of p_t / (1 - p_t)        (log_odds: false, DsDm's)
 
-(`s2l.attribution.outputs.LMOddsOutput`), and `s2l.attribution.trak.score_blockwise` gives
+(`s2l.attribution.outputs.LMOddsOutput`). A pool row's predicted tokens are all its tokens; a
+target example's are its whole text, prompt + answer (`trak.target_tokens: full`, the default)
+or only the answer tokens the task scores (`answer`). Why the defaults: on the offline default
+(scripture cloze, 1-3 answer tokens) the answer-only p/(1-p) datamodel of 20k/100k proxies
+picked the scripture share of random selection (16-18% vs 14%) and did not beat random on the
+holdout; the whole text raised it to 35%, and log-odds (loss-like: small p_t no longer shrink
+a token's gradient to ~0) to 45%, judged on the target split only. Then, `s2l.attribution.trak.score_blockwise` gives
 S (n_pool, T): S[i, j] > 0 means including candidate i is predicted to RAISE target j's
 output, i.e. raise the probability of its answer tokens, i.e. LOWER its loss. So
 
