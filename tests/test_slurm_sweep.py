@@ -118,7 +118,12 @@ def smoke(cluster, tmp_path_factory):
     """Run the smoke sweep on Slurm as a user would, cancelling one cell while it runs, then
     re-run submit until done; returns what each step showed (the tests below check it)."""
     tmp = tmp_path_factory.mktemp("smoke")
-    sweep, out = _write_sweep(tmp / "smoke.yaml"), tmp / "out"
+    # The victim must still be training when Slurm's KillWait (5 s) after `scancel` ends: a
+    # cancelled job ignores SIGTERM (submitit) and a cell that finishes meanwhile is done, not
+    # failed. So its scale trains 10x longer than in smoke.yaml, and it is cancelled mid-training.
+    raw = copy.deepcopy(SMOKE)
+    raw["scales"]["xs"]["tokens"] = 600000
+    sweep, out = _write_sweep(tmp / "smoke.yaml", raw), tmp / "out"
     r = {"out": out, "t0": time.time()}
     first = _popen_submit(sweep, out, tmp / "submit1.log")
     try:
@@ -127,7 +132,8 @@ def smoke(cluster, tmp_path_factory):
         r["jobs1"] = _jobs(out)
         victim_job = r["jobs1"][key]["job_id"]
         _wait_until(lambda: _state(victim_job) == "RUNNING", 120, f"{victim_job} to run", 0.5)
-        time.sleep(1)  # in its python, not at its very first line
+        progress = out / key / "progress.json"
+        _wait_until(progress.exists, 120, f"{VICTIM} to start training", 0.2)
         subprocess.run(["scancel", victim_job], check=True, timeout=60)
         r["rc1"] = first.wait(timeout=300)
     finally:
