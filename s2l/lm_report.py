@@ -45,7 +45,7 @@ def final_summary(study) -> str:
         from s2l.analysis.summary import summarize, write_summary_figure
 
         lines.append(summarize(store))
-        write_summary_figure(store, figure)
+        figure = write_summary_figure(store, figure)  # None while too few cells are done
     except ImportError:  # analysis package not installed in a trimmed deployment
         figure = None
     lines.append(f"store:   {store}  (xarray.open_zarr(..., consolidated=False))")
