@@ -92,7 +92,9 @@ class CellTask(Task):
                         {"step": step, "total": cell.steps, "loss": loss, "tok_s": tok_s})
 
         ckpt = self.dir / "ckpt.pt"
-        _check_checkpoint_owner(self.dir, cell.id, ckpt)
+        if dist.is_main:
+            _check_checkpoint_owner(self.dir, cell.id, ckpt)
+        dist.barrier()  # no rank may read a checkpoint that rank 0 is about to discard
         t0 = time.perf_counter()
         history = train(model, lambda step: sampler.batch(step, batch_size), cell.steps,
                         cfg.train, checkpoint=ckpt, on_log=on_log)

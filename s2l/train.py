@@ -42,7 +42,9 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def pick_device() -> torch.device:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device("cuda", local % torch.cuda.device_count())
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)  # NCCL collectives run on the current device
+        return device
     return torch.device("cpu")
 
 
@@ -119,6 +121,9 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
     Returns the training-loss curve [(step, mean loss over the last log window)].
     """
     dist = Distributed()
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the "
+                         f"{dist.world} processes of a multi-GPU/multi-task cell")
     device = pick_device()
     model.to(device)
     optimizer = make_optimizer(model, cfg)
