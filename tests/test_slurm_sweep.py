@@ -279,7 +279,7 @@ def test_preempted_lm_cell_resumes_to_the_same_losses(cluster, tmp_path):
 # ------------------------------------------------------- 2-task gloo DDP cell
 
 @pytest.mark.slurm
-def test_two_task_gloo_ddp_lm_cell(smoke, tmp_path):
+def test_two_task_gloo_ddp_lm_cell(cluster, tmp_path):
     """sweeps/ddp_smoke.yaml: the smoke sweep's xs/code-heavy/0 cell (same id) on 2 Slurm tasks.
 
     Sound evidence that both ranks trained together: the cell's losses are within float
@@ -287,7 +287,10 @@ def test_two_task_gloo_ddp_lm_cell(smoke, tmp_path):
     is the full-batch gradient), yet not bit-identical (a lone process would be; a rank
     training alone on its half-batch would be far off)."""
     t0 = time.time()
-    out = tmp_path / "out"
+    out, single_out = tmp_path / "out", tmp_path / "single"
+    raw = yaml.safe_load((ROOT / "sweeps" / "ddp_smoke.yaml").read_text())
+    raw["slurm"].pop("resources")  # the same cell in one process: the reference
+    assert _submit(_write_sweep(tmp_path / "single.yaml", raw), single_out).returncode == 0
     r = _submit(ROOT / "sweeps" / "ddp_smoke.yaml", out, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     [entry] = _jobs(out).values()
@@ -299,7 +302,7 @@ def test_two_task_gloo_ddp_lm_cell(smoke, tmp_path):
     script = (logs / f"{job}_submission.sh").read_text()
     assert "--ntasks-per-node=2" in script and "--cpus-per-task=1" in script
     ddp = _loss(out, scale="xs", mixture="code-heavy", seed=0)
-    single = _loss(smoke["out"], scale="xs", mixture="code-heavy", seed=0)
+    single = _loss(single_out, scale="xs", mixture="code-heavy", seed=0)
     assert np.isfinite(ddp).all()
     np.testing.assert_allclose(ddp, single, rtol=1e-4)
     assert not np.array_equal(ddp, single), "bit-identical to one process: did rank 1 take part?"
