@@ -211,9 +211,16 @@ down() {
     stop_pid "$STATE/run/slurmctld.pid" slurmctld
     stop_pid "$STATE/run/slurmdbd.pid" slurmdbd
     if [ "${1:-}" = "--purge" ]; then
-        # through the server: deleting its files would leave MariaDB's dictionary inconsistent
-        mariadb -u root -e "DROP DATABASE IF EXISTS slurm_acct_db" 2>/dev/null ||
-            log "could not drop slurm_acct_db (MariaDB not running?)"
+        # Job ids restart at 1 without the controller's state, so old accounting rows must go
+        # too, or sacct mixes old and new jobs of one id. Through the server (deleting its
+        # files would leave MariaDB's dictionary inconsistent): start it if a hard stop (end
+        # of a session, a crash) left it down.
+        if command -v mariadbd >/dev/null; then
+            mkdir -p "$STATE/log"
+            start_mariadb
+            mariadb -u root -e "DROP DATABASE IF EXISTS slurm_acct_db" ||
+                die "could not drop slurm_acct_db"
+        fi
         rm -rf "${STATE:?}"/ctld "${STATE:?}"/spool
         log "purged job state and accounting"
     fi
