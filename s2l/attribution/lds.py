@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from s2l.analysis.stats import batched_spearman
+
 
 def subset_masks(n: int, m: int, alpha: float, seed: int) -> np.ndarray:
     """(m, n) bool: row i marks the round(alpha * n) examples of subset D_i."""
@@ -23,33 +25,13 @@ def subset_masks(n: int, m: int, alpha: float, seed: int) -> np.ndarray:
     return masks
 
 
-def _rank(a: np.ndarray) -> np.ndarray:
-    """Average ranks along axis 0 (ties share the mean rank, as in scipy.stats.rankdata)."""
-    order = np.argsort(a, axis=0, kind="stable")
-    ranks = np.empty_like(a, dtype=np.float64)
-    m = a.shape[0]
-    cols = np.arange(a.shape[1])
-    ranks[order, cols] = np.arange(m, dtype=np.float64)[:, None]
-    sorted_a = np.take_along_axis(a, order, axis=0)
-    # ties: replace each run of equal values by its mean rank (rare for float margins)
-    for j in np.nonzero((np.diff(sorted_a, axis=0) == 0).any(axis=0))[0]:
-        vals, inv = np.unique(a[:, j], return_inverse=True)
-        sums = np.bincount(inv, weights=ranks[:, j])
-        ranks[:, j] = (sums / np.bincount(inv))[inv]
-    return ranks
-
-
 def lds_per_target(scores: np.ndarray, masks: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """scores (n, T), masks (m, n) bool, actual (m, T) margins -> LDS (T,) Spearman per target.
 
     Targets whose actual or predicted outputs are constant over subsets get NaN."""
     pred = masks.astype(np.float64) @ np.asarray(scores, dtype=np.float64)  # (m, T)
-    ra, rp = _rank(np.asarray(actual, dtype=np.float64)), _rank(pred)
-    ra -= ra.mean(0)
-    rp -= rp.mean(0)
-    denom = np.sqrt((ra ** 2).sum(0) * (rp ** 2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (ra * rp).sum(0) / denom, np.nan)
+    # the same batched Spearman (average-tie ranks, scipy's definition) as the cross-scale stats
+    return batched_spearman(np.asarray(actual, dtype=np.float64).T, pred.T)
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95,
