@@ -11,19 +11,17 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
-def describe_cells(study) -> str:
-    """One line per cell (scale, params, tokens, FLOPs, mixture, seed, done?) and totals."""
-    from s2l.lm_study import CellTask
+def describe_cells(cfg, out: Path, done_flags: list[bool]) -> str:
+    """One line per cell (scale, params, tokens, FLOPs, mixture, seed, done?) and totals.
 
-    cfg = study.config
+    `cfg` is the sweep's `s2l.lm.config.SweepConfig`; `done_flags` is, per cell in
+    `cfg.cells()` order, whether its completion marker says it is done."""
     lines = [f"sweep {cfg.name}: {len(cfg.scales)} scales x {len(cfg.mixtures)} mixtures x "
-             f"{len(cfg.seeds)} seeds -> out {study.out}",
+             f"{len(cfg.seeds)} seeds -> out {out}",
              f"{'scale':<10} {'params':>8} {'tokens':>8} {'FLOPs':>8} {'steps':>7} "
              f"{'mixture':<16} {'seed':>4}  done"]
     total, todo, n_done = 0.0, 0.0, 0
-    for cell in cfg.cells():
-        # A bare task only to reuse its marker check: nothing is written.
-        done = CellTask(cell, study.out, Path(), "", "", None).is_done()
+    for cell, done in zip(cfg.cells(), done_flags):
         n_done += done
         total += cell.scale.flops
         todo += 0 if done else cell.scale.flops
@@ -36,11 +34,9 @@ def describe_cells(study) -> str:
     return "\n".join(lines)
 
 
-def final_summary(study) -> str:
+def final_summary(store: Path, figure: Path, tracking_uri: str) -> str:
     """Correlation of each smaller scale with the largest, per test set, and where things are."""
     lines = []
-    store = study.store_path
-    figure = study.out / "summary.png"
     try:
         from s2l.analysis.summary import summarize, write_summary_figure
 
@@ -49,8 +45,8 @@ def final_summary(study) -> str:
     except ImportError:  # analysis package not installed in a trimmed deployment
         figure = None
     lines.append(f"store:   {store}  (xarray.open_zarr(..., consolidated=False))")
-    lines.append(f"mlflow:  {study.tracking_uri}  (mlflow ui --backend-store-uri {study.tracking_uri})"
-                 if study.tracking_uri.startswith("sqlite") else f"mlflow:  {study.tracking_uri}")
+    lines.append(f"mlflow:  {tracking_uri}  (mlflow ui --backend-store-uri {tracking_uri})"
+                 if tracking_uri.startswith("sqlite") else f"mlflow:  {tracking_uri}")
     if figure:
         lines.append(f"figure:  {figure}")
     return "\n".join(lines)

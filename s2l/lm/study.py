@@ -10,11 +10,15 @@ Files of a sweep (`<out>` defaults to `runs/<name>`):
     mlflow.db, mlartifacts/      tracking, unless a server URI is given
     sweep.yaml                   the sweep file as submitted
     cells/<scale>/<mixture>/<seed>/   ckpt.pt (while training), progress.json, DONE, cell.json
+
+The DONE file is the cell's completion marker (`s2l.tasks`: key + cell id, written by the
+runner after `run()`); the MLflow child run is logged in `publish()`, after the marker.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import time
@@ -24,8 +28,9 @@ import numpy as np
 
 from s2l import store as loss_store
 from s2l import tracking
-from s2l.study import Resources, Stage, Study, Task, register
-from s2l.sweep import Cell, SweepConfig, parse_sweep
+from s2l.config import tracking_uri as checked_tracking_uri
+from s2l.lm.config import Cell, SweepConfig, parse_sweep
+from s2l.tasks import Stage, Study, Task, register
 
 
 def code_version() -> str:
@@ -47,20 +52,26 @@ class CellTask(Task):
     tracking_uri: str
     experiment: str
     parent_run: str | None
-    resources: Resources = Resources()
 
     @property
     def key(self) -> str:
         return self.cell.key
 
     @property
+    def group(self) -> str:
+        return self.cell.scale.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.cell.id
+
+    @property
     def dir(self) -> Path:
         return self.out / "cells" / self.cell.key
 
-    def is_done(self) -> bool:
-        # A marker file (not the store) so that checking 10^4 cells at submit is a stat each.
-        marker = self.dir / "DONE"
-        return marker.exists() and marker.read_text().strip() == self.cell.id
+    @property
+    def marker(self) -> Path:
+        return self.dir / "DONE"
 
     def progress(self) -> tuple[float, str] | None:
         try:
@@ -75,7 +86,7 @@ class CellTask(Task):
         from s2l.data import MixtureSampler, PreparedData
         from s2l.evaluate import evaluate
         from s2l.model import build_model
-        from s2l.train import Distributed, train
+        from s2l.train import Distributed, Diverged, discard_checkpoints, train
 
         torch.set_flush_denormal(True)  # denormals from peaked softmaxes cost 2x at 20M on CPU
         dist = Distributed()
@@ -102,22 +113,26 @@ class CellTask(Task):
         if not dist.is_main:
             return {}
         loss, correct = evaluate(model, data.test, cfg.train.eval_batch_size, cfg.train.precision)
+        # A model that ends worse than a uniform guess over the vocabulary (ln V nats) has
+        # diverged without producing NaN: failing the cell keeps it out of the store.
+        mean, uniform = float(np.mean(loss)), math.log(data.vocab_size)
+        if not math.isfinite(mean) or mean > uniform + cfg.train.max_eval_excess:
+            raise Diverged(f"mean eval loss {mean:.4g} after {cell.steps} steps is not below "
+                           f"a uniform guess ln V = {uniform:.4g} + train.max_eval_excess "
+                           f"({cfg.train.max_eval_excess})")
         loss_store.write_cell(self.out / "losses.zarr", cell.scale.name, cell.mixture.name,
                               cell.seed, loss, correct)
-        (self.dir / "DONE").write_text(cell.id)
         summary = _per_test_set(data.test, loss, correct)
-        self._log_cell(history, {**summary, "train_seconds": train_s})
-        ckpt.unlink(missing_ok=True)  # done cells keep their losses, not their optimizer state
+        # Kept for publish(), which runs after the runner has written the marker.
+        self._results = (history, {**summary, "train_seconds": train_s})
+        discard_checkpoints(ckpt)  # done cells keep their losses, not their optimizer state
         return summary
 
-    def _log_cell(self, history: list[tuple[int, float]], metrics: dict[str, float]) -> None:
-        """One MLflow child run for the cell: params, config artifact, loss curve, results.
-
-        Logged once the results are safely in the store. If the tracking server cannot be
-        reached (or fails mid-way), everything goes to an offline record under the out dir
-        instead, for `python hpc/sync_tracking.py OUT` to replay: the cell never fails for it.
-        """
+    def publish(self) -> None:
+        """One MLflow child run for the cell (params, config artifact, loss curve, results),
+        logged once the results are safely in the store; offline when MLflow is unreachable."""
         cell = self.cell
+        history, metrics = self._results
         params = {"scale": cell.scale.name, "params": cell.scale.params, "tokens": cell.scale.tokens,
                   "flops": f"{cell.scale.flops:.4g}", "mixture": cell.mixture.name,
                   "seed": cell.seed, "cell_id": cell.id, "code_version": code_version(),
@@ -126,34 +141,18 @@ class CellTask(Task):
                   **{f"weight.{d}": round(w, 6) for d, w in cell.mixture.weights}}
         cell_json = json.dumps({"key": cell.key, **cell.identity(), "id": cell.id}, indent=2)
         (self.dir / "cell.json").write_text(cell_json)
-        offline = cell.key.replace("/", "__")
-
-        def log(tracker) -> None:
-            parent = self.parent_run
-            if parent and parent.startswith("sweep:") and isinstance(tracker, tracking.MlflowTracker):
-                parent = tracker.sweep_run(parent[len("sweep:"):], {})  # submit ran offline
-            run = tracker.cell_run(parent, cell.key, cell.id)
-            run.log_params(params)
-            run.log_text(cell_json, "cell.json")
-            run.log_history("train_loss", history)
-            run.log_metrics(metrics)
-            run.finish()
-
-        tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out, offline)
-        try:
-            log(tracker)
-        except Exception as e:  # noqa: BLE001 - tracking must never fail a finished cell
-            if isinstance(tracker, tracking.RecordingTracker):
-                raise
-            print(f"tracking failed ({e!r}); keeping this cell's record offline", flush=True)
-            log(tracking.RecordingTracker(tracking.offline_dir(self.out) / f"{offline}.json"))
+        tracking.log_cell(self.tracking_uri, self.experiment, self.out, self.parent_run, cell.key,
+                          cell.id, params, {"cell.json": cell_json}, {"train_loss": history},
+                          metrics)
 
 
 def _check_checkpoint_owner(cell_dir: Path, cell_id: str, ckpt: Path) -> None:
     """A checkpoint left by an earlier config of the same grid point must not be resumed."""
+    from s2l.train import discard_checkpoints
+
     owner = cell_dir / "ckpt.owner"
-    if ckpt.exists() and (not owner.exists() or owner.read_text() != cell_id):
-        ckpt.unlink()
+    if not owner.exists() or owner.read_text() != cell_id:
+        discard_checkpoints(ckpt)
     owner.write_text(cell_id)
 
 
@@ -175,15 +174,18 @@ def _write_json(path: Path, obj) -> None:
 
 
 class LMStudy(Study):
-    def __init__(self, config: SweepConfig, out: Path, tracking_uri: str | None = None):
+    def __init__(self, config: SweepConfig, raw: dict, out: Path, tracking_uri: str | None = None):
         self.config = config
+        self.raw = raw
         self.name = config.name
         self.out = Path(out)
-        self.slurm = config.slurm
         self.tracking_uri = tracking_uri or config.tracking.uri or tracking.default_uri(self.out)
         self.experiment = config.tracking.experiment or config.name
         self._data_dir: Path | None = None
         self._parent: str | None = None
+
+    def groups(self) -> list[str]:
+        return [s.name for s in self.config.scales]
 
     @property
     def store_path(self) -> Path:
@@ -211,7 +213,7 @@ class LMStudy(Study):
             attrs={"sweep": self.name, "sweep_yaml": self.config.yaml_text,
                    "chance": dict(suite.chance), "tokens": {s.name: s.tokens for s in self.config.scales}},
         )
-        self.store_status = loss_store.create_store(self.store_path, layout)
+        loss_store.create_store(self.store_path, layout)
         tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out)
         self._parent = tracker.sweep_run(self.name, {"cells": len(cells), "scales": len(self.config.scales),
                                                      "mixtures": len(self.config.mixtures),
@@ -222,23 +224,25 @@ class LMStudy(Study):
         data = self.config.data
         data_dir = self._data_dir or data.cache_root / data.fingerprint()
         tasks = [CellTask(cell=c, out=self.out, data_dir=data_dir, tracking_uri=self.tracking_uri,
-                          experiment=self.experiment, parent_run=self._parent,
-                          resources=self.slurm.resources_for(c.scale.name))
+                          experiment=self.experiment, parent_run=self._parent)
                  for c in self.config.cells()]
         return [Stage("cells", tasks)]
 
     def describe(self) -> str:
-        from s2l.lm_report import describe_cells
+        from s2l.lm.report import describe_cells
 
-        return describe_cells(self)
+        done = [t.is_done() for t in self.stages()[0].tasks]
+        return describe_cells(self.config, self.out, done)
 
     def summary(self) -> str:
-        from s2l.lm_report import final_summary
+        from s2l.lm.report import final_summary
 
-        return final_summary(self)
+        return final_summary(self.store_path, self.out / "summary.png", self.tracking_uri)
 
 
 @register("lm")
-def _make(raw: dict, path: Path, out, tracking_uri: str | None = None, **_) -> LMStudy:
+def _make(raw: dict, path: Path, out, tracking_uri: str | None) -> LMStudy:
     config = parse_sweep(raw, path)
-    return LMStudy(config, Path(out) if out else Path("runs") / config.name, tracking_uri)
+    if tracking_uri is not None:
+        tracking_uri = checked_tracking_uri(tracking_uri)  # ConfigError names --tracking-uri
+    return LMStudy(config, raw, Path(out) if out else Path("runs") / config.name, tracking_uri)
