@@ -1,41 +1,36 @@
-"""Run a study's stages of tasks as submitit jobs, locally or on Slurm, with live progress.
+"""What every backend shares: jobs made of tasks, watching them, and telling done from failed.
 
-    outcome = run_stages(study.stages(), study.out / ".s2l", cluster="local", slurm_cfg=study.slurm)
+A backend (`hpc.local`: processes on this machine; `hpc.slurm`: job arrays) runs the tasks
+of a study's stages that are not done yet. Both take the same path:
 
-Both clusters take the same path: the tasks of a stage that are not done are grouped by
-equal `Resources`, packed `slurm_cfg.pack` per job (`hpc.node.TaskRunner` runs them one after
-another), and submitted through submitit. What differs:
+    todo = split_done(stage, outcome)          # tasks whose marker is missing or stale
+    jobs = make_jobs(stage.name, todo, cfg)    # group tag -> Resources, equal ones packed
+    watch(jobs, backend, progress, poll_s, outcome, folder)
 
-- local: submitit's local executor starts every job at once, so jobs are started here, at most
-  `max_parallel` at a time; stages run one after another and a stage with failures stops the
-  later ones (what Slurm's `afterok` does).
-- slurm (`hpc.slurm`): every stage is submitted at once as job arrays, later stages chained
-  with `afterok`; with `wait=True` the jobs are then watched with one `sacct` call per poll.
-
-Whether a task succeeded is decided by the task itself (`is_done()`) once its job has ended,
-never by exit codes alone: a failed job of a pack loses nothing its finished tasks wrote.
-`folder` is the study's dispatch folder (conventionally `OUT/.s2l`): submitit files go to
-`folder/logs`, and `folder/jobs.json` (`hpc.record`) remembers what was submitted.
+`make_jobs` resolves each task's resource group tag with `SlurmConfig.resources_for`, groups
+tasks with equal `Resources` (order kept) and packs `cfg.pack` of them per job
+(`hpc.node.TaskRunner` runs a pack one task after another). `watch` asks the backend to start
+and poll jobs until all have ended, then `classify` asks each task whether it is done (its
+completion marker), never the exit code alone: a failed job of a pack loses nothing its
+finished tasks wrote. `folder` is the study's dispatch folder (conventionally `OUT/.s2l`):
+job logs go to `folder/logs`, and `folder/jobs.json` (`hpc.record`) remembers what was started.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import shlex
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import submitit
+from typing import Any, Callable, Iterable, Protocol
 
 from hpc import record
-from hpc.node import TaskRunner, thread_env
-from s2l.config import SlurmConfig
-from s2l.study import Resources, Stage, Task
+from hpc.node import thread_env
+from hpc.resources import CONTROL, ENV_NAME, Resources, SlurmConfig
+from s2l.tasks import Stage, Task
 
 TAIL_LINES = 15
-STUDY_FILE = "study.pkl"  # the stages, SlurmConfig and cluster of the last dispatch
 
 
 @dataclasses.dataclass
@@ -103,53 +98,20 @@ class Job:
     finished: bool = False
     n_done: int | None = None  # set by classify() once the job has ended
 
-
-def run_stages(stages: list[Stage], folder: str | Path, cluster: str = "local",
-               slurm_cfg: SlurmConfig | None = None, max_parallel: int | None = None,
-               progress: Callable[[Progress], None] | None = None, wait: bool = True) -> Outcome:
-    """Run every task that is not done; return what happened. Never raises for task failures."""
-    cfg = slurm_cfg or SlurmConfig()
-    folder = Path(folder).absolute()
-    out = Outcome()
-    save_study(folder, stages, cfg, cluster)
-    if cluster == "slurm":
-        from hpc import slurm
-        return slurm.run_stages(stages, folder, cfg, progress, wait, out)
-    if cluster != "local":
-        raise ValueError(f"cluster must be 'local' or 'slurm', got {cluster!r}")
-    logs = folder / "logs" / time.strftime("local-%Y%m%d-%H%M%S")  # local ids are pids: reused
-    for i, stage in enumerate(stages):
-        todo = split_done(stage, out)
-        if not todo:
-            continue
-        jobs = make_jobs(stage.name, todo, cfg.pack)
-        cap = max_parallel or default_parallel(todo)
-        backend = LocalBackend(logs, cfg, cap)
-        try:
-            watch(jobs, backend, progress, poll_s=min(cfg.poll_s, 1.0), out=out, folder=folder)
-        finally:
-            backend.cancel_all(jobs)
-        if any(f.stage == stage.name for f in out.failed):
-            out.blocked += [record.task_id(s.name, t.key) for s in stages[i + 1:]
-                            for t in s.tasks if not t.is_done()]
-            break
-    return out
+    def entry(self, cluster: str) -> dict:
+        """This job's record (`hpc.record`) for each of its tasks."""
+        return {"cluster": cluster, "job_id": self.job_id, "stdout": self.stdout,
+                "stderr": self.stderr}
 
 
-def save_study(folder: Path, stages: list[Stage], cfg: SlurmConfig, cluster: str) -> None:
-    """Pickle what was dispatched, so `hpc/status.py OUT` needs nothing but the out dir."""
-    import pickle
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{STUDY_FILE}.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump({"stages": stages, "slurm": cfg, "cluster": cluster}, f)
-    os.replace(tmp, folder / STUDY_FILE)
+class Backend(Protocol):
+    """What `watch` needs of a backend."""
 
+    def start(self, jobs: list[Job]) -> dict[str, dict]:
+        """Start jobs that may start now; return record entries ("stage/key" -> entry)."""
 
-def load_saved_study(folder: str | Path) -> dict:
-    import pickle
-    with open(Path(folder) / STUDY_FILE, "rb") as f:
-        return pickle.load(f)
+    def poll(self, jobs: list[Job]) -> None:
+        """Update `state` and `finished` of the jobs not finished yet."""
 
 
 def split_done(stage: Stage, out: Outcome) -> list[Task]:
@@ -163,79 +125,36 @@ def split_done(stage: Stage, out: Outcome) -> list[Task]:
     return todo
 
 
-def make_jobs(stage: str, tasks: Iterable[Task], pack: int) -> list[Job]:
-    """Group tasks by equal resources (order kept) and cut each group into packs of `pack`."""
+def make_jobs(stage: str, tasks: Iterable[Task], cfg: SlurmConfig) -> list[Job]:
+    """Resolve each task's group to its Resources, group tasks with equal resources (order
+    kept) and cut each group into packs of `cfg.pack`."""
     groups: dict[Resources, list[Task]] = defaultdict(list)
     for t in tasks:
-        groups[t.resources].append(t)
-    return [Job(stage, ts[i:i + pack], res)
-            for res, ts in groups.items() for i in range(0, len(ts), max(1, pack))]
-
-
-def default_parallel(tasks: list[Task]) -> int:
-    """How many local jobs fit the cores: nproc // (cpus x ranks) of the largest task."""
-    need = max(t.resources.cpus * t.resources.tasks_per_node for t in tasks)
-    return max(1, (os.cpu_count() or 1) // max(1, need))
+        groups[cfg.resources_for(t.group)].append(t)
+    pack = max(1, cfg.pack)
+    return [Job(stage, ts[i:i + pack], res) for res, ts in groups.items()
+            for i in range(0, len(ts), pack)]
 
 
 def setup_lines(cfg: SlurmConfig, res: Resources) -> list[str]:
-    """Shell lines run before python in every job: the user's setup, thread caps, env vars."""
-    import shlex
+    """Shell lines run before python in every job: the user's setup, thread caps, env vars.
+
+    The one place `cfg.env` is applied: exported here, it is in place before the task's
+    modules are imported (HF_HOME, TORCH_HOME are read at import time). Names and values were
+    checked when the sweep was read (`hpc.resources`); checked again here because a
+    SlurmConfig may also be built in Python, and values are always quoted.
+    """
     env = {**thread_env(res.cpus), **dict(cfg.env)}
+    for k, v in env.items():
+        if not ENV_NAME.fullmatch(k) or CONTROL.search(v):
+            raise ValueError(f"refusing to export {k!r}={v!r}: not a name, or a control character")
+    for line in cfg.setup:
+        if CONTROL.search(line):
+            raise ValueError(f"refusing setup line {line!r}: not a single line")
     return list(cfg.setup) + [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 
 
-class LocalBackend:
-    """Starts jobs with submitit's local executor, at most `cap` at a time."""
-
-    def __init__(self, logs: Path, cfg: SlurmConfig, cap: int):
-        self.logs, self.cfg, self.cap = logs, cfg, cap
-
-    def _executor(self, job: Job) -> submitit.AutoExecutor:
-        ex = submitit.AutoExecutor(folder=self.logs, cluster="local",
-                                   local_max_num_timeout=self.cfg.max_requeues)
-        r = job.resources
-        ex.update_parameters(timeout_min=r.time_min * len(job.tasks), nodes=1,
-                             tasks_per_node=r.tasks_per_node * r.nodes, gpus_per_node=r.gpus,
-                             local_setup=setup_lines(self.cfg, r))
-        return ex
-
-    def start(self, jobs: list[Job]) -> dict[str, dict]:
-        """Submit waiting jobs while slots are free; returns record entries of those started."""
-        running = sum(1 for j in jobs if j.handle is not None and not j.finished)
-        started = {}
-        for job in jobs:
-            if running >= self.cap:
-                break
-            if job.handle is not None or job.finished:
-                continue
-            runner = TaskRunner(job.tasks, self.cfg.max_requeues)
-            job.handle = self._executor(job).submit(runner)
-            job.job_id = job.handle.job_id
-            job.stdout, job.stderr = str(job.handle.paths.stdout), str(job.handle.paths.stderr)
-            job.state = "RUNNING"
-            running += 1
-            for t in job.tasks:
-                started[record.task_id(job.stage, t.key)] = entry(job, "local")
-        return started
-
-    def poll(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            if job.handle is not None and not job.finished and job.handle.done():
-                job.finished = True
-                job.state = "FINISHED"
-
-    def cancel_all(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            if job.handle is not None and not job.finished:
-                job.handle.cancel(check=False)
-
-
-def entry(job: Job, cluster: str) -> dict:
-    return {"cluster": cluster, "job_id": job.job_id, "stdout": job.stdout, "stderr": job.stderr}
-
-
-def watch(jobs: list[Job], backend: Any, progress: Callable[[Progress], None] | None,
+def watch(jobs: list[Job], backend: Backend, progress: Callable[[Progress], None] | None,
           poll_s: float, out: Outcome, folder: Path) -> None:
     """Poll until every job has ended; classify its tasks as done or failed; report progress."""
     t0 = time.time()
@@ -255,7 +174,7 @@ def watch(jobs: list[Job], backend: Any, progress: Callable[[Progress], None] | 
 
 
 def classify(job: Job, out: Outcome) -> None:
-    """A job has ended: each of its tasks is done (its own files say so) or failed."""
+    """A job has ended: each of its tasks is done (its marker says so) or failed."""
     error = None
     job.n_done = 0
     for t in job.tasks:
@@ -298,8 +217,15 @@ def snapshot(jobs: list[Job], stage: str, total: int, elapsed: float) -> Progres
     return Progress(stage, total, done, running, pending, failed, elapsed, eta, texts)
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control characters (newlines, ESC, ...) written as escapes, for
+    error messages that quote user input (a sweep key, a file name)."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def tail(path: str | None, n: int = TAIL_LINES) -> str:
-    """Last `n` non-empty lines of a log file ("" if it does not exist)."""
+    """Last `n` non-empty lines of a log file ("" if it cannot be read), control characters
+    shown as '?' (a log may hold terminal escape sequences; this text goes to a terminal)."""
     if not path:
         return ""
     try:
@@ -307,9 +233,10 @@ def tail(path: str | None, n: int = TAIL_LINES) -> str:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - 16384))
             lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path with NUL, from a tampered record
         return ""
-    return "\n".join([ln for ln in lines if ln.strip()][-n:])
+    lines = [CONTROL.sub("?", ln.replace("\t", "    ")) for ln in lines if ln.strip()]
+    return "\n".join(lines[-n:])
 
 
 class ProgressPrinter:

@@ -1,15 +1,17 @@
 """The node side of dispatch: what runs inside one submitit job (local process or Slurm job).
 
-`TaskRunner` wraps one or more `s2l.study.Task`s (several when `slurm.pack > 1`, so tiny
-proxies share one job's start-up cost) and runs them one after another. It is a submitit
-`Checkpointable`: on preemption or a time limit submitit calls `checkpoint()`, which lets the
-current task save its state and pickles the runner again; the requeued job calls the runner
-anew, skips the tasks that are already done and the current task resumes from its checkpoint
-inside its own `run()`.
+`TaskRunner` wraps one or more `s2l.tasks.Task`s (several when `slurm.pack > 1`, so tiny
+proxies share one job's start-up cost) and runs them one after another, each as
+`s2l.tasks.run_task` does: skipped when done, else run, then (main rank only) marked done and
+published. It is a submitit `Checkpointable`: on preemption or a time limit submitit calls
+`checkpoint()`, which lets the current task save its state and pickles the runner again; the
+requeued job calls the runner anew, skips the tasks that are already done and the current
+task resumes from its checkpoint inside its own `run()`.
 
 Before running, the runner sets up what every task expects of its process:
-- thread count = `resources.cpus` (OMP/MKL env and `torch.set_num_threads`), so parallel
-  jobs on one machine do not oversubscribe the cores;
+- thread count = `resources.cpus` of the job's resolved resources (OMP/MKL env and
+  `torch.set_num_threads`), so parallel jobs on one machine do not oversubscribe the cores
+  (the sweep's `slurm.env` is exported by the job's setup lines, `hpc.dispatch.setup_lines`);
 - for multi-task jobs (DDP), the torchrun-style env `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
   `MASTER_ADDR`, `MASTER_PORT` from `submitit.JobEnvironment()`; the trainer initialises
   `torch.distributed` from those (`init_method="env://"`).
@@ -23,7 +25,8 @@ from typing import Any
 
 import submitit
 
-from s2l.study import Task
+from hpc.resources import Resources
+from s2l.tasks import Task, run_task
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -68,29 +71,26 @@ class PackFailure(RuntimeError):
 
 
 class TaskRunner(submitit.helpers.Checkpointable):
-    """Runs `tasks` (same resources) in this job, in order; requeues at most `max_requeues` times.
+    """Runs `tasks` (all with `resources`) in this job, in order; requeues at most
+    `max_requeues` times.
 
     The return value is {task key: task.run()'s return value} for the tasks run here.
     """
 
-    def __init__(self, tasks: list[Task], max_requeues: int = 3, env: dict[str, str] | None = None):
+    def __init__(self, tasks: list[Task], resources: Resources = Resources(), max_requeues: int = 3):
         self.tasks = list(tasks)
+        self.resources = resources
         self.max_requeues = max_requeues
-        self.env = dict(env or {})
         self.requeues = 0
         self._current: int | None = None
 
-    @property
-    def keys(self) -> list[str]:
-        return [t.key for t in self.tasks]
-
     def __call__(self) -> dict[str, Any]:
-        cpus = self.tasks[0].resources.cpus if self.tasks else 1
+        cpus = self.resources.cpus
         os.environ.update(thread_env(cpus))
-        os.environ.update(self.env)
         job_env = submitit.JobEnvironment()
         if job_env.num_tasks > 1:
             os.environ.update(ddp_env(job_env))
+        is_main = job_env.global_rank == 0  # DDP: only rank 0 marks and publishes
         _set_torch_threads(cpus)
         results: dict[str, Any] = {}
         errors: list[str] = []
@@ -99,10 +99,10 @@ class TaskRunner(submitit.helpers.Checkpointable):
                 continue
             self._current = i
             if len(self.tasks) == 1:
-                results[task.key] = task.run()  # a lone task's exception is the job's error
+                results[task.key] = run_task(task, is_main)  # a lone task's error is the job's
                 continue
             try:
-                results[task.key] = task.run()
+                results[task.key] = run_task(task, is_main)
             except Exception:  # keep going: the other packed tasks must not lose their turn
                 tb = traceback.format_exc()
                 print(f"[s2l] task {task.key} failed:\n{tb}", flush=True)

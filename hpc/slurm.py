@@ -1,7 +1,10 @@
-"""Slurm side of `hpc.dispatch`: job arrays, per-group resources, afterok chains, one-call polling.
+"""The Slurm backend: job arrays, per-group resources, afterok chains, one-call polling.
+
+    outcome = run_stages(study.stages(), study.out / ".s2l", SlurmConfig.for_study(study))
 
 How a study becomes Slurm jobs (`run_stages`):
-- per stage, the tasks not done are grouped by equal `Resources` and packed `cfg.pack` per job;
+- per stage, the tasks not done are grouped by their resolved `Resources` and packed
+  `cfg.pack` per job (`hpc.dispatch.make_jobs`);
 - each group becomes job arrays (`executor.batch()`), cut at the cluster's `MaxArraySize` and at
   `cfg.submit_batch` array tasks per `sbatch`, with `%array_parallelism`;
 - every stage is submitted at once, stage i+1 depending `afterok` on every array of stage i
@@ -10,9 +13,14 @@ How a study becomes Slurm jobs (`run_stages`):
 - a task whose recorded job (`OUT/.s2l/jobs.json`) is still pending or running is not
   resubmitted: it is watched (and depended on) as it is;
 - waiting polls with ONE `sacct` call for all jobs being watched, never one per job.
+
+The sbatch file is rendered by submitit (`make_executor`): every option value is
+`shlex.quote`d on its `#SBATCH` line and the sweep's env values in the setup lines; what may
+reach those lines at all is checked when the `slurm:` block is read (`hpc.resources`).
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import time
@@ -26,8 +34,10 @@ from submitit.slurm.slurm import read_job_id
 from hpc import record
 from hpc.dispatch import Job, Outcome, Progress, make_jobs, setup_lines, split_done, watch
 from hpc.node import TaskRunner
-from s2l.config import SlurmConfig
-from s2l.study import Resources, Stage
+from hpc.resources import Resources, SlurmConfig, sbatch_option_problem, text_problem
+from s2l.tasks import Stage
+
+CLUSTER = "slurm"
 
 # States after which a job will not run again (sacct shows the latest instance of a job).
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -36,7 +46,19 @@ SIGNAL_DELAY_S = 90  # submitit's default: USR2 this long before the time limit 
 DEFAULT_MAX_ARRAY = 1001  # Slurm's default MaxArraySize, assumed when no cluster answers
 SUBMIT_PAUSE_S = 0.2  # between sbatch calls: a 10,000-task sweep must not flood slurmctld
 
+#: a Slurm job id as s2l records it: "123" or, for an array task, "123_4"
+JOB_ID = re.compile(r"\d{1,12}(?:_\d{1,9})?")
+
 _max_array: int | None = None
+
+
+class SlurmError(RuntimeError):
+    """The scheduler could not be asked (sacct failed) or refused (sbatch)."""
+
+
+class SubmissionError(SlurmError):
+    """Slurm refused a submission; the message has sbatch's own reason and the options used.
+    Arrays submitted before it stay submitted (and recorded): a re-run will not duplicate them."""
 
 
 def max_array_size() -> int:
@@ -63,6 +85,15 @@ def executor_params(r: Resources, cfg: SlurmConfig, n_pack: int, name: str,
     would signal a job with a 1-minute limit at once, and it would requeue itself in a loop.
     """
     extra = dict(r.extra)
+    # checked when the sweep was read; again here for Resources built in Python
+    for key, value in extra.items():
+        problem = sbatch_option_problem(key) or text_problem(str(value))
+        if problem:
+            raise ValueError(f"sbatch option {key!r}: {problem}")
+    for key in ("partition", "account", "qos", "constraint"):
+        problem = getattr(r, key) and text_problem(str(getattr(r, key)))
+        if problem:
+            raise ValueError(f"{key} {getattr(r, key)!r}: {problem}")
     if dependency:
         extra.setdefault("kill-on-invalid-dep", "yes")
     p: dict[str, Any] = dict(name=name, timeout_min=r.time_min * n_pack, mem_gb=r.mem_gb,
@@ -126,13 +157,16 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
     Jobs not (yet) known to accounting are absent; callers treat them as pending.
     """
-    mains = sorted({j.split("_")[0] for j in job_ids if j})
+    mains = sorted({j.split("_")[0] for j in job_ids if j and JOB_ID.fullmatch(j)})
     if not mains:
         return {}
-    res = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)],
-                         capture_output=True, text=True, timeout=120)
+    try:
+        res = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SlurmError(f"sacct could not run: {e}") from e
     if res.returncode != 0:
-        raise RuntimeError(f"sacct failed ({res.returncode}): {res.stderr.strip()}")
+        raise SlurmError(f"sacct failed ({res.returncode}): {res.stderr.strip()}")
     states: dict[str, str] = {}
     for line in res.stdout.splitlines():
         jid, _, state = line.partition("|")
@@ -163,7 +197,7 @@ class SlurmBackend:
                 j.finished = True
 
 
-def adopt_active(stage: str, todo: list, folder: Path) -> tuple[list[Job], list]:
+def adopt_active(stage: str, todo: list, folder: Path, cfg: SlurmConfig) -> tuple[list[Job], list]:
     """Tasks of `todo` whose recorded Slurm job is still pending/running become Jobs to watch
     (not resubmitted); returns (those jobs, the tasks left to submit)."""
     rec = load_slurm_record(folder)
@@ -179,7 +213,7 @@ def adopt_active(stage: str, todo: list, folder: Path) -> tuple[list[Job], list]
         state = states.get(jid or "", "")
         if jid and state and state not in FINAL:
             e = rec[record.task_id(stage, t.key)]
-            job = by_job.setdefault(jid, Job(stage, [], t.resources, job_id=jid, state=state,
+            job = by_job.setdefault(jid, Job(stage, [], cfg.resources_for(t.group), job_id=jid, state=state,
                                              stdout=e.get("stdout"), stderr=e.get("stderr")))
             job.tasks.append(t)
         else:
@@ -188,7 +222,21 @@ def adopt_active(stage: str, todo: list, folder: Path) -> tuple[list[Job], list]
 
 
 def load_slurm_record(folder: Path) -> dict[str, dict]:
-    return {k: v for k, v in record.load(folder).items() if v.get("cluster") == "slurm"}
+    """The Slurm entries of `jobs.json` whose job id is well formed (a tampered record must
+    not put options on a `scancel` line)."""
+    return {k: v for k, v in record.load(folder).items()
+            if v.get("cluster") == CLUSTER and JOB_ID.fullmatch(str(v.get("job_id")))}
+
+
+def make_executor(folder: Path, cfg: SlurmConfig, params: dict[str, Any]) -> submitit.AutoExecutor:
+    """The submitit executor that writes and submits the sbatch files of one array."""
+    try:
+        ex = submitit.AutoExecutor(folder=folder / "logs", cluster="slurm",
+                                   slurm_max_num_timeout=cfg.max_requeues)
+    except RuntimeError as e:  # no srun on PATH: not on a Slurm cluster
+        raise SlurmError(f"cannot submit to Slurm here: {e}") from None
+    ex.update_parameters(**params)
+    return ex
 
 
 def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
@@ -197,15 +245,12 @@ def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
     mains = []
     for array in arrays_of(jobs, cfg, max_array_size()):
         n_pack = max(len(j.tasks) for j in array)
-        ex = submitit.AutoExecutor(folder=folder / "logs", cluster="slurm",
-                                   slurm_max_num_timeout=cfg.max_requeues)
-        ex.update_parameters(**executor_params(array[0].resources, cfg, n_pack, f"s2l-{stage}",
-                                               dependency))
-        env = dict(cfg.env)
+        res = array[0].resources
+        ex = make_executor(folder, cfg, executor_params(res, cfg, n_pack, f"s2l-{stage}", dependency))
         try:
             with ex.batch():
                 for j in array:
-                    j.handle = ex.submit(TaskRunner(j.tasks, cfg.max_requeues, env))
+                    j.handle = ex.submit(TaskRunner(j.tasks, res, cfg.max_requeues))
         except Exception as e:  # sbatch refused (unknown partition/account, too much memory...)
             flags = sbatch_flags(executor_params(array[0].resources, cfg, n_pack, "", dependency))
             raise SubmissionError(f"sbatch refused {len(array)} jobs of stage {stage!r} "
@@ -214,16 +259,11 @@ def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
         for j in array:
             j.job_id = j.handle.job_id
             j.stdout, j.stderr = str(j.handle.paths.stdout), str(j.handle.paths.stderr)
-            entries.update({record.task_id(stage, t.key): _entry(j) for t in j.tasks})
+            entries.update({record.task_id(stage, t.key): j.entry(CLUSTER) for t in j.tasks})
         record.update(folder, entries)  # at once: a crash later must not forget these jobs
         mains.append(array[0].job_id.split("_")[0])
         time.sleep(SUBMIT_PAUSE_S)
     return mains
-
-
-class SubmissionError(RuntimeError):
-    """Slurm refused a submission; the message has sbatch's own reason and the options used.
-    Arrays submitted before it stay submitted (and recorded): a re-run will not duplicate them."""
 
 
 def _last_line(e: Exception) -> str:
@@ -231,19 +271,24 @@ def _last_line(e: Exception) -> str:
     return next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
 
 
-def _entry(j: Job) -> dict:
-    return {"cluster": "slurm", "job_id": j.job_id, "stdout": j.stdout, "stderr": j.stderr}
+def run_stages(stages: list[Stage], folder: str | Path, cfg: SlurmConfig | None = None,
+               progress: Callable[[Progress], None] | None = None, wait: bool = True,
+               max_parallel: int | None = None) -> Outcome:
+    """Submit every stage (chained with afterok); with `wait`, watch them to the end.
 
-
-def run_stages(stages: list[Stage], folder: Path, cfg: SlurmConfig,
-               progress: Callable[[Progress], None] | None, wait: bool, out: Outcome) -> Outcome:
-    """Submit every stage (chained with afterok); with `wait`, watch them to the end."""
+    Never raises for task failures; raises `SlurmError` when sbatch refuses or sacct fails.
+    `max_parallel` is accepted for a backend-neutral call and ignored (Slurm schedules;
+    `cfg.array_parallelism` caps each array).
+    """
+    cfg = cfg or SlurmConfig()
+    folder = Path(folder).absolute()
+    out = Outcome()
     plan: list[tuple[Stage, list[Job]]] = []
     dependency = None
     for stage in stages:
         todo = split_done(stage, out)
-        adopted, todo = adopt_active(stage.name, todo, folder)
-        jobs = make_jobs(stage.name, todo, cfg.pack)
+        adopted, todo = adopt_active(stage.name, todo, folder, cfg)
+        jobs = make_jobs(stage.name, todo, cfg)
         mains = submit_stage(stage.name, jobs, folder, cfg, dependency)
         mains += sorted({j.job_id.split("_")[0] for j in adopted})
         plan.append((stage, adopted + jobs))
@@ -266,7 +311,7 @@ def run_stages(stages: list[Stage], folder: Path, cfg: SlurmConfig,
 
 
 def cancel(job_ids: list[str]) -> None:
-    ids = sorted({j for j in job_ids if j})
+    ids = sorted({j for j in job_ids if j and JOB_ID.fullmatch(j)})
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=120)
 
@@ -284,7 +329,7 @@ def describe_plan(stages: list[Stage], cfg: SlurmConfig, max_array: int | None =
     prev = None
     for stage in stages:
         tasks = [t for t in stage.tasks if not (skip_done and t.is_done())]
-        jobs = make_jobs(stage.name, tasks, cfg.pack)
+        jobs = make_jobs(stage.name, tasks, cfg)
         arrays = arrays_of(jobs, cfg, max_array)
         lines.append(f"stage {stage.name}: {len(tasks)} tasks -> {len(jobs)} jobs "
                      f"(pack {cfg.pack}) in {len(arrays)} arrays"

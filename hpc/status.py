@@ -3,12 +3,17 @@
 
     python hpc/status.py OUT [--all] [--retry-failed] [--wait]
 
-Reads what the last `hpc/submit.py` dispatched (`OUT/.s2l/study.pkl`, `OUT/.s2l/jobs.json`),
-asks each task whether it is done (its own files) and Slurm about the rest with ONE `sacct`
-call, and prints one row per task key (LM cells: "scale/mixture/seed"); failed tasks come with
-their log file and the last lines of the error. `--retry-failed` resubmits every task that is
-neither done nor still pending/running (what a re-run of submit.py does). Exit code: 0 when
-every task is done, 1 otherwise.
+Re-derives the study from what the last `hpc/submit.py` recorded as data in `OUT/.s2l`
+(`sweep.yaml`, the sweep as submitted; `dispatch.json`, the cluster and overrides; and
+`jobs.json`, the jobs), asks each task whether it is done (its marker) and Slurm about the
+rest with ONE `sacct` call, and prints one row per task key (LM cells: "scale/mixture/seed");
+failed tasks come with their log file and the last lines of the error. `--retry-failed`
+resubmits every task that is neither done nor still pending/running (what a re-run of
+submit.py does). Nothing in OUT is unpickled or executed: whoever can write an out dir must
+not run code as whoever reads its status.
+
+Exit codes: 0 every task done; 1 some task is not; 2 nothing was dispatched to OUT, or its
+record is not valid (one `error:` line naming the file); 3 the scheduler could not be asked.
 """
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ if __package__ in (None, ""):  # run as a script: make `hpc` importable from the
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpc import record  # noqa: E402
-from hpc.dispatch import load_saved_study, tail  # noqa: E402
+from hpc.dispatch import Outcome, ProgressPrinter, printable, tail  # noqa: E402
+from hpc.resources import SlurmConfig  # noqa: E402
+from s2l.config import ConfigError  # noqa: E402
+from s2l.tasks import Stage, Study, load_study  # noqa: E402
 
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING"}
 
@@ -39,20 +47,43 @@ class Row:
     error: str = ""
 
 
-def collect(folder: str | Path) -> list[Row]:
-    """One Row per task of the saved study, in stage order."""
-    from hpc.slurm import FINAL, sacct_states
+@dataclasses.dataclass
+class Dispatched:
+    """A study as it was dispatched to an out dir."""
 
-    saved = load_saved_study(folder)
+    study: Study
+    cfg: SlurmConfig
+    cluster: str
+
+
+def load_dispatched(out: str | Path) -> Dispatched:
+    """The study of `out` re-derived from its dispatch record (data only). Raises
+    `record.RecordError`, whose message starts with the file at fault."""
+    out = Path(out)
+    saved = record.load_dispatch(out / ".s2l")
+    overrides = {"tracking_uri": saved["tracking_uri"]} if saved["tracking_uri"] else {}
+    try:
+        study = load_study(saved["sweep"], out=out, **overrides)
+        cfg = SlurmConfig.for_study(study)
+    except ConfigError as e:
+        raise record.RecordError(f"{saved['sweep']}: {e}") from None
+    return Dispatched(study, cfg, saved["cluster"])
+
+
+def collect(stages: list[Stage], folder: str | Path) -> list[Row]:
+    """One Row per task of `stages`, in stage order, from the tasks' markers, the job record
+    in `folder` and ONE sacct call."""
+    from hpc.slurm import FINAL, JOB_ID, sacct_states
+
     rec = record.load(folder)
     rows, ask = [], []
-    for stage in saved["stages"]:
+    for stage in stages:
         for t in stage.tasks:
             e = rec.get(record.task_id(stage.name, t.key))
             row = Row(stage.name, t.key, "done" if t.is_done() else "not submitted")
             if e:
                 row.job_id, row.log = e.get("job_id"), e.get("stderr")
-                if row.status != "done" and e.get("cluster") == "slurm":
+                if row.status != "done" and e.get("cluster") == "slurm" and JOB_ID.fullmatch(str(row.job_id)):
                     ask.append(row)
                 elif row.status != "done":  # local: the job lives as long as its controller
                     row.status = "running" if _pid_alive(row.job_id) else "failed"
@@ -77,7 +108,10 @@ def collect(folder: str | Path) -> list[Row]:
 
 def _pid_alive(pid: str | None) -> bool:
     try:
-        os.kill(int(pid), 0)
+        pid = int(pid)
+        if pid <= 0:  # kill(0) / kill(-1) would ask about process groups, not one process
+            return False
+        os.kill(pid, 0)
         return True
     except (TypeError, ValueError, OSError):
         return False
@@ -95,20 +129,22 @@ def format_table(rows: list[Row], show_all: bool = False) -> str:
         w = max(len(r.key) for r in shown)
         lines.append(f"{'task':<{w}}  {'status':<13} {'job':<12} state")
         for r in shown:
-            lines.append(f"{r.key:<{w}}  {r.status:<13} {r.job_id or '-':<12} {r.state}")
+            lines.append(f"{r.key:<{w}}  {r.status:<13} {printable(r.job_id or '-'):<12} {r.state}")
             if r.status == "failed":
-                lines.append(f"    log: {r.log}")
+                lines.append(f"    log: {printable(str(r.log))}")
                 lines += ["    | " + ln for ln in r.error.splitlines()]
     return "\n".join(lines)
 
 
-def retry_failed(folder: str | Path, wait: bool = False):
+def retry_failed(d: Dispatched, folder: Path, wait: bool = False) -> Outcome:
     """Resubmit every task neither done nor pending/running, on the cluster used before."""
-    from hpc.dispatch import ProgressPrinter, run_stages
-
-    saved = load_saved_study(folder)
-    return run_stages(saved["stages"], folder, cluster=saved["cluster"], slurm_cfg=saved["slurm"],
-                      progress=ProgressPrinter() if wait else None, wait=wait)
+    if d.cluster == "slurm":
+        from hpc import slurm as backend
+    else:
+        from hpc import local as backend
+    d.study.prepare()  # idempotent; what a re-run of submit.py does before dispatching
+    return backend.run_stages(d.study.stages(), folder, d.cfg,
+                              progress=ProgressPrinter() if wait else None, wait=wait)
 
 
 def main(argv=None) -> int:
@@ -120,16 +156,23 @@ def main(argv=None) -> int:
     p.add_argument("--wait", action="store_true", help="with --retry-failed: wait for them")
     args = p.parse_args(argv)
     folder = Path(args.out) / ".s2l"
-    if not (folder / "study.pkl").exists():
-        print(f"error: nothing was dispatched to {args.out} (no {folder / 'study.pkl'})",
-              file=sys.stderr)
+    try:
+        d = load_dispatched(args.out)
+    except record.RecordError as e:
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
-    rows = collect(folder)
-    print(format_table(rows, args.all))
-    if args.retry_failed:
-        outcome = retry_failed(folder, args.wait)
-        print(outcome.summary())
-        return 0 if outcome.ok or (outcome.submitted and not outcome.failed) else 1
+    from hpc.slurm import SlurmError
+
+    try:
+        rows = collect(d.study.stages(), folder)
+        print(format_table(rows, args.all))
+        if args.retry_failed:
+            outcome = retry_failed(d, folder, args.wait)
+            print(outcome.summary())
+            return 0 if outcome.ok or (outcome.submitted and not outcome.failed) else 1
+    except SlurmError as e:
+        print(f"error: {printable(str(e))}", file=sys.stderr)
+        return 3
     return 0 if all(r.status == "done" for r in rows) else 1
 
 

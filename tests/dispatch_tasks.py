@@ -2,7 +2,8 @@
 
 They live in an importable module, not in a test file, because submitit pickles tasks by
 reference: the job's python must be able to `import dispatch_tasks` (the tests put this folder
-on PYTHONPATH). Every task keeps its state in files under `root`, as real cells do.
+on PYTHONPATH). Every task keeps its state in files under `root`, as real cells do, and its
+completion marker at `root/<key>.marker` (written by the runner, `s2l.tasks.run_task`).
 """
 from __future__ import annotations
 
@@ -11,26 +12,33 @@ import os
 import time
 from pathlib import Path
 
-from s2l.study import Resources, Task
+from hpc.resources import Resources
+from s2l.tasks import DEFAULT_GROUP, Task
+
+#: what a DDPTask's group must resolve to: two ranks of one CPU each
+DDP_RESOURCES = Resources(cpus=1, tasks_per_node=2, mem_gb=1.0, time_min=10)
 
 
 def _name(key: str) -> str:
     return key.replace("/", "_")
 
 
-class FileTask(Task):
-    """Sleeps, then writes `root/<key>.done` with its start/end times, pid and thread env."""
+class _Marked(Task):
+    @property
+    def marker(self) -> Path:
+        return Path(self.root) / f"{_name(self.key)}.marker"
 
-    def __init__(self, root, key, sleep=0.0, fail=False, resources=Resources()):
+
+class FileTask(_Marked):
+    """Sleeps, then writes `root/<key>.done` with its start/end times, pid and env."""
+
+    def __init__(self, root, key, sleep=0.0, fail=False, group=DEFAULT_GROUP):
         self.root, self.key, self.sleep, self.fail = str(root), key, sleep, fail
-        self.resources = resources
+        self.group = group
 
     @property
     def path(self) -> Path:
         return Path(self.root) / f"{_name(self.key)}.done"
-
-    def is_done(self) -> bool:
-        return self.path.exists()
 
     def run(self):
         start = time.time()
@@ -39,7 +47,8 @@ class FileTask(Task):
         if self.fail:
             raise ValueError(f"task {self.key} was told to fail")
         info = {"start": start, "end": time.time(), "pid": os.getpid(),
-                "omp": os.environ.get("OMP_NUM_THREADS"), "job": os.environ.get("SLURM_JOB_ID")}
+                "omp": os.environ.get("OMP_NUM_THREADS"), "job": os.environ.get("SLURM_JOB_ID"),
+                "hf_home": os.environ.get("HF_HOME")}
         self.path.write_text(json.dumps(info))
         return self.key
 
@@ -47,7 +56,7 @@ class FileTask(Task):
         return (0.5, "sleeping") if Path(self.root, f"{_name(self.key)}.started").exists() else None
 
 
-class CountTask(Task):
+class CountTask(_Marked):
     """Counts `steps` steps of `step_s` seconds; the result is a deterministic function of all
     steps. State is saved every step and on `checkpoint()`; `run()` resumes from it, so a
     preempted-and-requeued run must end with the same result as an uninterrupted one."""
@@ -57,9 +66,6 @@ class CountTask(Task):
 
     def _p(self, suffix):
         return Path(self.root) / f"{_name(self.key)}.{suffix}"
-
-    def is_done(self) -> bool:
-        return self._p("result").exists()
 
     def run(self):
         state = {"step": 0, "acc": 0, "starts": 0}
@@ -93,16 +99,15 @@ class CountTask(Task):
         return None
 
 
-class DDPTask(Task):
+class DDPTask(_Marked):
     """Two ranks train a tiny linear model with gloo DDP (all-reduced gradients); each rank
-    writes its final parameters so the test can check they are identical."""
+    writes its final parameters so the test can check they are identical. Its group "ddp"
+    must resolve to 2 tasks per node (`DDP_RESOURCES`)."""
 
-    def __init__(self, root, key="ddp", world=2):
+    group = "ddp"
+
+    def __init__(self, root, key="ddp"):
         self.root, self.key = str(root), key
-        self.resources = Resources(cpus=1, tasks_per_node=world, mem_gb=1.0, time_min=10)
-
-    def is_done(self) -> bool:
-        return Path(self.root, "ddp.done").exists()
 
     def run(self):
         import torch
@@ -126,7 +131,5 @@ class DDPTask(Task):
              "env": {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
                                                      "MASTER_ADDR", "MASTER_PORT")}}))
         dist.barrier()
-        if rank == 0:
-            Path(self.root, "ddp.done").touch()
         dist.destroy_process_group()
         return rank

@@ -1,5 +1,6 @@
-"""hpc.dispatch with submitit's local executor: runs, skips done, reports failures, packs,
-caps parallelism, sets thread env. Tasks are in `dispatch_tasks` (importable by the jobs)."""
+"""hpc.dispatch and the local backend (submitit's local executor): runs, skips done, reports
+failures, packs, caps parallelism, sets thread env, resolves group tags to resources. Tasks are
+in `dispatch_tasks` (importable by the jobs)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hpc.dispatch import ProgressPrinter, run_stages
-from s2l.config import SlurmConfig
-from s2l.study import Resources, Stage
+from hpc.dispatch import ProgressPrinter
+from hpc.local import run_stages
+from hpc.resources import Resources, SlurmConfig
+from s2l.tasks import Stage
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -24,15 +26,15 @@ def importable_tasks(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(extra + ([old] if old else [])))
 
 
-from dispatch_tasks import CountTask, DDPTask, FileTask  # noqa: E402
+from dispatch_tasks import DDP_RESOURCES, CountTask, DDPTask, FileTask  # noqa: E402
 
-FAST = SlurmConfig(poll_s=0.2)
+FAST = SlurmConfig(poll_s=0.2, per_group=(("ddp", DDP_RESOURCES),))
 
 
 def test_runs_tasks_then_skips_done(tmp_path):
     tasks = [FileTask(tmp_path, f"s/m{i}/0") for i in range(3)]
     seen = []
-    out = run_stages([Stage("train", tasks)], tmp_path / ".s2l", slurm_cfg=FAST,
+    out = run_stages([Stage("train", tasks)], tmp_path / ".s2l", FAST,
                      progress=seen.append)
     assert out.ok, out.summary()
     assert sorted(out.done) == [f"train/s/m{i}/0" for i in range(3)]
@@ -43,7 +45,7 @@ def test_runs_tasks_then_skips_done(tmp_path):
     jobs = json.loads((tmp_path / ".s2l" / "jobs.json").read_text())
     assert set(jobs) == set(out.done)
 
-    again = run_stages([Stage("train", tasks)], tmp_path / ".s2l", slurm_cfg=FAST)
+    again = run_stages([Stage("train", tasks)], tmp_path / ".s2l", FAST)
     assert again.ok and again.done == [] and len(again.already_done) == 3
 
 
@@ -51,7 +53,7 @@ def test_failure_is_reported_and_loses_nothing(tmp_path):
     tasks = [FileTask(tmp_path, "a"), FileTask(tmp_path, "bad", fail=True), FileTask(tmp_path, "c")]
     later = [FileTask(tmp_path, "analysis")]
     out = run_stages([Stage("train", tasks), Stage("analyse", later)], tmp_path / ".s2l",
-                     slurm_cfg=FAST)
+                     FAST)
     assert not out.ok
     assert sorted(out.done) == ["train/a", "train/c"]
     [f] = out.failed
@@ -64,8 +66,7 @@ def test_failure_is_reported_and_loses_nothing(tmp_path):
 def test_packing_runs_several_tasks_per_job(tmp_path):
     tasks = [FileTask(tmp_path, f"t{i}") for i in range(5)]
     tasks[1].fail = True
-    out = run_stages([Stage("train", tasks)], tmp_path / ".s2l",
-                     slurm_cfg=SlurmConfig(pack=3, poll_s=0.2))
+    out = run_stages([Stage("train", tasks)], tmp_path / ".s2l", SlurmConfig(pack=3, poll_s=0.2))
     pids = {json.loads(t.path.read_text())["pid"] for t in tasks if t.is_done()}
     assert len(pids) == 2  # 5 tasks in packs of 3 -> 2 jobs
     assert sorted(out.done) == ["train/t0", "train/t2", "train/t3", "train/t4"]
@@ -75,7 +76,7 @@ def test_packing_runs_several_tasks_per_job(tmp_path):
 
 def test_parallel_cap(tmp_path):
     tasks = [FileTask(tmp_path, f"t{i}", sleep=1.0) for i in range(4)]
-    out = run_stages([Stage("train", tasks)], tmp_path / ".s2l", slurm_cfg=FAST, max_parallel=2)
+    out = run_stages([Stage("train", tasks)], tmp_path / ".s2l", FAST, max_parallel=2)
     assert out.ok, out.summary()
     spans = [json.loads(t.path.read_text()) for t in tasks]
     events = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
@@ -90,7 +91,7 @@ def test_progress_printer_lines(tmp_path, capsys):
     import io
     buf = io.StringIO()
     tasks = [FileTask(tmp_path, "a", sleep=0.5)]
-    run_stages([Stage("train", tasks)], tmp_path / ".s2l", slurm_cfg=FAST,
+    run_stages([Stage("train", tasks)], tmp_path / ".s2l", FAST,
                progress=ProgressPrinter(buf, every_s=0.0))
     text = buf.getvalue()
     assert "[train] 1/1 done" in text and "a: sleeping" in text
@@ -112,7 +113,7 @@ def test_local_preemption_resumes_with_same_result(tmp_path):
     task = CountTask(tmp_path, "c", steps=8, step_s=0.25)
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     ex.update_parameters(timeout_min=5)
-    job = ex.submit(TaskRunner([task], max_requeues=2))
+    job = ex.submit(TaskRunner([task], Resources(), max_requeues=2))
     deadline = time.time() + 30
     while not (tmp_path / "c.ckpt").exists() and time.time() < deadline:
         time.sleep(0.1)
@@ -127,16 +128,33 @@ def test_local_preemption_resumes_with_same_result(tmp_path):
 def test_local_ddp_two_ranks(tmp_path):
     pytest.importorskip("torch")
     task = DDPTask(tmp_path)
-    out = run_stages([Stage("ddp", [task])], tmp_path / ".s2l", slurm_cfg=FAST)
+    out = run_stages([Stage("ddp", [task])], tmp_path / ".s2l", FAST)
     assert out.ok, out.summary()
     r0, r1 = (json.loads((tmp_path / f"ddp.rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2 and r0["env"]["MASTER_ADDR"] == "127.0.0.1"
     assert r0["params"] == r1["params"]
 
 
-def test_resources_group_into_separate_jobs(tmp_path):
+def test_groups_resolve_to_resources_and_separate_jobs(tmp_path):
     from hpc.dispatch import make_jobs
     big = Resources(cpus=2)
-    tasks = [FileTask(tmp_path, "a"), FileTask(tmp_path, "b", resources=big), FileTask(tmp_path, "c")]
-    jobs = make_jobs("train", tasks, pack=4)
-    assert [[t.key for t in j.tasks] for j in jobs] == [["a", "c"], ["b"]]
+    cfg = SlurmConfig(pack=4, per_group=(("m", big), ("s", Resources())))
+    tasks = [FileTask(tmp_path, "a"), FileTask(tmp_path, "b", group="m"),
+             FileTask(tmp_path, "c", group="s"), FileTask(tmp_path, "d", group="unknown")]
+    jobs = make_jobs("train", tasks, cfg)
+    # "s" resolves to resources equal to the defaults: one job with them
+    assert [[t.key for t in j.tasks] for j in jobs] == [["a", "c", "d"], ["b"]]
+    assert [j.resources for j in jobs] == [Resources(), big]
+
+
+def test_env_reaches_the_task_quoted_and_runs_nothing(tmp_path):
+    """A benign but odd env value reaches the local job exactly, as data: the shell that
+    starts the job must not run the `touch` inside it."""
+    canary = tmp_path / "canary"
+    odd = f"/x y; touch {canary} && echo $(touch {canary})"
+    cfg = SlurmConfig(poll_s=0.2, env=(("HF_HOME", odd),))
+    task = FileTask(tmp_path, "a")
+    out = run_stages([Stage("train", [task])], tmp_path / ".s2l", cfg)
+    assert out.ok, out.summary()
+    assert json.loads(task.path.read_text())["hf_home"] == odd
+    assert not canary.exists()

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hpc import slurm, status
-from hpc.dispatch import run_stages
-from s2l.config import SlurmConfig
-from s2l.study import Resources, Stage
+from hpc import local, slurm, status
+from hpc.resources import Resources, SlurmConfig
+from s2l.tasks import Stage
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -30,7 +29,7 @@ def importable_tasks(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), str(REPO)] + ([old] if old else [])))
 
 
-from dispatch_tasks import CountTask, DDPTask, FileTask  # noqa: E402
+from dispatch_tasks import DDP_RESOURCES, CountTask, DDPTask, FileTask  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- no cluster
@@ -58,14 +57,14 @@ def test_executor_params_map_every_resource():
 
 
 def _grid(n, root="/nonexistent"):
-    small, big = Resources(cpus=2, mem_gb=8), Resources(gpus=1, cpus=8, mem_gb=64, time_min=600)
-    return [FileTask(root, f"s{i % 4}/m{i // 4 % 50}/{i // 200}", resources=big if i % 4 == 3 else small)
-            for i in range(n)]
+    return [FileTask(root, f"s{i % 4}/m{i // 4 % 50}/{i // 200}", group=f"s{i % 4}") for i in range(n)]
 
 
 def test_describe_plan_splits_arrays_and_is_fast():
     tasks = _grid(10_000)
-    cfg = SlurmConfig(submit_batch=500, pack=2, array_parallelism=64)
+    small, big = Resources(cpus=2, mem_gb=8), Resources(gpus=1, cpus=8, mem_gb=64, time_min=600)
+    cfg = SlurmConfig(submit_batch=500, pack=2, array_parallelism=64, default=small,
+                      per_group=(("s3", big),))
     t0 = time.perf_counter()
     text = slurm.describe_plan([Stage("train", tasks), Stage("analyse", [FileTask("/x", "corr")])],
                                cfg, max_array=300)
@@ -86,20 +85,21 @@ def test_sacct_parsing(monkeypatch):
                       "12_3": "PENDING", "12_4": "PENDING", "13": "RUNNING"}
 
 
-def test_status_after_local_run(tmp_path, capsys):
-    tasks = [FileTask(tmp_path, "x/a/0"), FileTask(tmp_path, "x/b/0", fail=True)]
-    run_stages([Stage("train", tasks)], tmp_path / ".s2l", slurm_cfg=SlurmConfig(poll_s=0.2))
-    rows = {r.key: r for r in status.collect(tmp_path / ".s2l")}
+def test_status_after_local_run(tmp_path):
+    stages = [Stage("train", [FileTask(tmp_path, "x/a/0"), FileTask(tmp_path, "x/b/0", fail=True)])]
+    local.run_stages(stages, tmp_path / ".s2l", SlurmConfig(poll_s=0.2))
+    rows = {r.key: r for r in status.collect(stages, tmp_path / ".s2l")}
     assert rows["x/a/0"].status == "done" and rows["x/b/0"].status == "failed"
     assert "told to fail" in rows["x/b/0"].error
-    assert status.main([str(tmp_path)]) == 1
-    assert "x/b/0" in capsys.readouterr().out
+    table = status.format_table(list(rows.values()))
+    assert "x/b/0" in table and "told to fail" in table and "x/a/0" not in table
 
 
 # ----------------------------------------------------------------------------- real Slurm
 
 FAST = SlurmConfig(poll_s=1.0, array_parallelism=2, max_requeues=2,
-                   default=Resources(cpus=1, mem_gb=0.5, time_min=5))
+                   default=Resources(cpus=1, mem_gb=0.5, time_min=5),
+                   per_group=(("ddp", DDP_RESOURCES),))
 
 
 def _sacct_rows(main_id: str) -> dict[str, str]:
@@ -118,11 +118,10 @@ def _wait_until(cond, timeout, what):
 
 @pytest.mark.slurm
 def test_array_and_afterok_stage(cluster, tmp_path):
-    res = Resources(cpus=1, mem_gb=0.5, time_min=5)
-    train = [FileTask(tmp_path, f"t{i}", sleep=1, resources=res) for i in range(4)]
-    analyse = [FileTask(tmp_path, "corr", resources=res)]
-    out = run_stages([Stage("train", train), Stage("analyse", analyse)], tmp_path / ".s2l",
-                     cluster="slurm", slurm_cfg=FAST)
+    train = [FileTask(tmp_path, f"t{i}", sleep=1) for i in range(4)]
+    analyse = [FileTask(tmp_path, "corr")]
+    stages = [Stage("train", train), Stage("analyse", analyse)]
+    out = slurm.run_stages(stages, tmp_path / ".s2l", FAST)
     assert out.ok, out.summary()
     infos = [json.loads(t.path.read_text()) for t in train]
     main_id = infos[0]["job"]  # SLURM_JOB_ID of one array task
@@ -133,7 +132,7 @@ def test_array_and_afterok_stage(cluster, tmp_path):
     assert all(v == "COMPLETED" for v in rows.values())
     assert main_id
     assert json.loads(analyse[0].path.read_text())["start"] >= max(i["end"] for i in infos)
-    assert all(r.status == "done" for r in status.collect(tmp_path / ".s2l"))
+    assert all(r.status == "done" for r in status.collect(stages, tmp_path / ".s2l"))
 
 
 @pytest.mark.slurm
@@ -143,7 +142,7 @@ def test_preempted_task_requeues_and_resumes(cluster, tmp_path):
     ref.run()
     task = CountTask(tmp_path, "cell", steps=16, step_s=0.5)
     stages = [Stage("train", [task])]
-    out = run_stages(stages, tmp_path / ".s2l", cluster="slurm", slurm_cfg=FAST, wait=False)
+    out = slurm.run_stages(stages, tmp_path / ".s2l", FAST, wait=False)
     [job_id] = out.submitted.values()
     _wait_until(lambda: (tmp_path / "cell.ckpt").exists()
                 and json.loads((tmp_path / "cell.ckpt").read_text())["step"] >= 3, 60, "progress")
@@ -151,7 +150,7 @@ def test_preempted_task_requeues_and_resumes(cluster, tmp_path):
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     _wait_until(lambda: (tmp_path / "cell.checkpointed").exists(), 30, "checkpoint")
     # A second submit adopts the requeued job (no duplicate submission) and waits for it.
-    again = run_stages(stages, tmp_path / ".s2l", cluster="slurm", slurm_cfg=FAST)
+    again = slurm.run_stages(stages, tmp_path / ".s2l", FAST)
     assert again.ok, again.summary()
     assert json.loads((tmp_path / ".s2l" / "jobs.json").read_text())["train/cell"]["job_id"] == job_id
     result = json.loads((tmp_path / "cell.result").read_text())
@@ -162,33 +161,32 @@ def test_preempted_task_requeues_and_resumes(cluster, tmp_path):
 
 
 @pytest.mark.slurm
-def test_cancelled_task_shows_failed_and_only_it_is_resubmitted(cluster, tmp_path, capsys):
-    res = Resources(cpus=1, mem_gb=0.5, time_min=5)
-    tasks = [FileTask(tmp_path, "s/ok/0", sleep=1, resources=res),
-             FileTask(tmp_path, "s/slow/0", sleep=120, resources=res)]
-    out = run_stages([Stage("train", tasks)], tmp_path / ".s2l", cluster="slurm",
-                     slurm_cfg=FAST, wait=False)
+def test_cancelled_task_shows_failed_and_only_it_is_resubmitted(cluster, tmp_path):
+    tasks = [FileTask(tmp_path, "s/ok/0", sleep=1), FileTask(tmp_path, "s/slow/0", sleep=120)]
+    stages = [Stage("train", tasks)]
+    out = slurm.run_stages(stages, tmp_path / ".s2l", FAST, wait=False)
     slow_job = out.submitted["train/s/slow/0"]
     _wait_until(lambda: Path(tmp_path, "s_slow_0.started").exists(), 60, "slow task start")
     subprocess.run(["scancel", slow_job], check=True)
     _wait_until(lambda: tasks[0].is_done(), 60, "the other task")
-    _wait_until(lambda: {r.key: r.status for r in status.collect(tmp_path / ".s2l")}["s/slow/0"]
+    _wait_until(lambda: {r.key: r.status for r in status.collect(stages, tmp_path / ".s2l")}["s/slow/0"]
                 == "failed", 60, "cancelled state in sacct")
-    assert status.main([str(tmp_path)]) == 1
-    text = capsys.readouterr().out
+    rows = status.collect(stages, tmp_path / ".s2l")
+    text = status.format_table(rows)
     assert "s/slow/0" in text and "CANCELLED" in text and "failed" in text
+    assert "1 done, 1 failed" in text
     tasks[1].sleep = 0  # the re-submission is quick this time
-    again = run_stages([Stage("train", tasks)], tmp_path / ".s2l", cluster="slurm", slurm_cfg=FAST)
+    again = slurm.run_stages(stages, tmp_path / ".s2l", FAST)
     assert again.ok, again.summary()
     assert again.done == ["train/s/slow/0"] and again.already_done == ["train/s/ok/0"]
-    assert status.main([str(tmp_path)]) == 0
+    assert all(r.status == "done" for r in status.collect(stages, tmp_path / ".s2l"))
 
 
 @pytest.mark.slurm
 def test_two_rank_gloo_ddp(cluster, tmp_path):
     pytest.importorskip("torch")
     task = DDPTask(tmp_path)
-    out = run_stages([Stage("ddp", [task])], tmp_path / ".s2l", cluster="slurm", slurm_cfg=FAST)
+    out = slurm.run_stages([Stage("ddp", [task])], tmp_path / ".s2l", FAST)
     assert out.ok, out.summary()
     r0, r1 = (json.loads((tmp_path / f"ddp.rank{r}.json").read_text()) for r in (0, 1))
     assert (r0["world"], r1["world"]) == (2, 2) and r0["env"]["WORLD_SIZE"] == "2"
@@ -198,9 +196,10 @@ def test_two_rank_gloo_ddp(cluster, tmp_path):
 @pytest.mark.slurm
 def test_refused_submission_names_the_reason(cluster, tmp_path):
     bad = Resources(cpus=1, mem_gb=0.5, time_min=5, partition="no-such-partition")
+    cfg = SlurmConfig(poll_s=1.0, per_group=(("bad", bad),))
     with pytest.raises(slurm.SubmissionError, match="partition") as e:
-        run_stages([Stage("train", [FileTask(tmp_path, "a", resources=bad)])], tmp_path / ".s2l",
-                   cluster="slurm", slurm_cfg=FAST, wait=False)
+        slurm.run_stages([Stage("train", [FileTask(tmp_path, "a", group="bad")])],
+                         tmp_path / ".s2l", cfg, wait=False)
     assert "--partition=no-such-partition" in str(e.value)
 
 
