@@ -1,25 +1,64 @@
-"""Reading YAML sweep files into frozen, validated config, with errors that name the key path.
+"""Reading sweep files: a hardened YAML loader, typed config blocks, errors naming the key path.
 
-Every study kind (LM sweep, attribution, selection) validates its YAML with `Section`, which
-remembers where in the file it is, so any problem is reported as e.g.
-`mixtures.code-heavy.weights.code: must be >= 0, got -1` and the CLI exits with code 2 before
-anything is created or submitted.
+Any problem with a sweep file is a `ConfigError` naming the dotted key path of the offending
+value, e.g. `mixtures.code-heavy.weights.code: must be >= 0, got -1`; the CLI turns it into
+exit code 2 before anything is created or submitted.
 
-The blocks shared by all kinds live here: `train`, `tracking`, `slurm` (with per-scale
-resources). The LM-specific blocks (scales, data, mixtures, test sets) are in `s2l.sweep`.
+The loader (`read_yaml`, `load_yaml_text`) is PyYAML's pure-Python `SafeLoader` subclassed,
+because PyYAML is already a dependency and its stages can be hooked one by one (no other YAML
+library is installed; ruamel.yaml would bring YAML 1.2 but still no expansion budget):
+  - input: bytes, at most `MAX_BYTES`; UTF-8 only (a UTF-16/32 byte-order mark, a NUL byte or
+    an invalid UTF-8 sequence is refused with a message, not a traceback);
+  - resolvers: the YAML 1.2 core schema instead of PyYAML's YAML 1.1 ones, so `45:00` and
+    `1:30:00` stay strings (not base-60 integers), only true/false are booleans (`no`, `off`,
+    `on`, `yes`, `y`, `n` are strings, also as keys), `3e-4` is a float, `010` is 10, dates
+    stay strings;
+  - constructors: only null, bool, int, float, str, list and mapping (and `<<` merge keys);
+    any other tag (`!!python/...`, `!!binary`, `!!set`, ...) is refused;
+  - composition: nesting deeper than `MAX_DEPTH` is refused while composing, before Python's
+    recursion limit is near;
+  - before anything is constructed, one pass over the composed node graph with memoised
+    subtree sizes (linear in the file, however the aliases multiply) refuses documents that
+    would expand to more than `MAX_NODES` values or deeper than `MAX_DEPTH` through aliases
+    (an anchor bomb is refused in milliseconds and nothing is expanded), recursive aliases,
+    non-scalar keys, and duplicate keys (naming the key path and both lines; PyYAML would
+    silently keep the last value).
+
+Config blocks are typed: `ConfigModel` (a pydantic model) or a frozen dataclass validated by
+pydantic (`config_dataclass`, for blocks that other code handles as dataclasses: `asdict`,
+`replace`), both strict (no "5" for 5, no true for 1; an integer is fine where a number is
+asked), finite numbers only, unknown keys refused, and read with `parse_model`, which turns
+pydantic's error location into the dotted key path. `Section` is the older field-by-field
+reader, kept for the blocks whose fields depend on each other (data sources, test sets,
+`slurm:`); it applies the same rules (finite numbers, 64-bit integers, printable strings).
+
+The blocks shared by all kinds live here: `train`, `tracking`. The LM-specific blocks are in
+`s2l.lm.config`, the data blocks in `s2l.data.config`; the `slurm:` block belongs to
+`hpc/resources.py`: the library knows no scheduler.
 """
 from __future__ import annotations
 
-import dataclasses
+import codecs
+import math
 import re
+import urllib.parse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
+import pydantic
 import yaml
-
-from s2l.study import Resources
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 _MISSING = object()
+
+MAX_SHOWN = 100  # characters of a user's value quoted in an error message
+MAX_PATH_SHOWN = 160  # characters of a key path in an error message
+MAX_MESSAGE = 1000  # characters of an error message
+MAX_BYTES = 256 << 10  # a sweep file is a few kB; pure-Python PyYAML reads 256 KiB in 1-3 s
+MAX_NODES = 100_000  # values after alias expansion: 100x a large grid's sweep file
+MAX_DEPTH = 50  # nesting levels; sweep files use 4
+MAX_TEXT = 4096  # characters of a string value (paths included)
+INT64_MAX = 2 ** 63 - 1  # seeds and counts land in int64 arrays and Slurm's integers
 
 
 class ConfigError(ValueError):
@@ -28,21 +67,396 @@ class ConfigError(ValueError):
     def __init__(self, path: str, message: str):
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        # a user's 100 kB key must not become a 100 kB error line, nor a newline in it a
+        # fake second line
+        where = _cut(path.encode("unicode_escape").decode("ascii"), MAX_PATH_SHOWN)
+        text = _cut(message, MAX_MESSAGE)
+        super().__init__(f"{where}: {text}" if path else text)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """repr of a user's value for an error message, cut to MAX_SHOWN characters."""
+    if isinstance(value, (dict, list, tuple)) and len(value) > 20:
+        # repr of a huge (alias-expanded) container would be built only to be cut
+        return f"a {type(value).__name__} of {len(value)} items"
+    return _cut(repr(value), MAX_SHOWN)
+
+
+def key_path(path: str, key: Any) -> str:
+    """`path.key` (or `path[i]` for a list index): the dotted key path of an error."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+# ------------------------------------------------------------------------------ YAML loading
+
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+         (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_NULL = ("", "~", "null", "Null", "NULL")
+_INT_RE = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT_RE = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema resolvers, core-only constructors and a depth cap
+    while composing (see the module docstring)."""
+
+    yaml_implicit_resolvers: dict = {}  # own dict: add_implicit_resolver fills it below
+    yaml_constructors: dict = {}
+
+    def __init__(self, text: str, source: str):
+        super().__init__(text)
+        self.name = source  # marks (line, column) in messages name the file
+        self.source = source
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        # the composer recurses once per level: refuse deep nesting long before RecursionError
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError("", f"{self.source}: line {mark.line + 1}: nested deeper than "
+                                      f"{MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _scalar(self, node) -> str:
+        return self.construct_scalar(node)
+
+    def construct_core_null(self, node):
+        if self._scalar(node) not in _NULL:
+            raise yaml.constructor.ConstructorError(None, None, "not a null", node.start_mark)
+        return None
+
+    def construct_core_bool(self, node):
+        value = self._scalar(node)
+        if value not in _BOOL:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{value[:40]!r} is not a boolean (only true/false are)",
+                node.start_mark)
+        return _BOOL[value]
+
+    def construct_core_int(self, node):
+        value = self._scalar(node)
+        if not _INT_RE.fullmatch(value):
+            raise yaml.constructor.ConstructorError(None, None, f"{value[:40]!r} is not an integer",
+                                                    node.start_mark)
+        try:
+            if value.startswith(("0o", "0x")):
+                return int(value[2:], 8 if value[1] == "o" else 16)
+            return int(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise yaml.constructor.ConstructorError(None, None, f"integer of {len(value)} digits",
+                                                    node.start_mark) from None
+
+    def construct_core_float(self, node):
+        value = self._scalar(node)
+        if _INT_RE.fullmatch(value) and not value.startswith(("0o", "0x")):
+            return float(int(value))  # !!float 3
+        if not _FLOAT_RE.fullmatch(value):
+            raise yaml.constructor.ConstructorError(None, None, f"{value[:40]!r} is not a number",
+                                                    node.start_mark)
+        return float(value.lower().replace(".inf", "inf").replace(".nan", "nan"))
+
+    def check_graph(self, root) -> None:
+        """Refuse, before constructing anything, what the composed graph would expand to."""
+        sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded values, height)
+        open_nodes: set[int] = set()
+
+        def visit(node, path: str, depth: int) -> tuple[int, int]:
+            if depth > MAX_DEPTH:
+                raise ConfigError(path, f"nested deeper than {MAX_DEPTH} levels (through aliases)")
+            if id(node) in sizes:  # an alias to a node already checked: reuse its numbers
+                n, height = sizes[id(node)]
+                if depth + height > MAX_DEPTH:
+                    raise ConfigError(path, f"nested deeper than {MAX_DEPTH} levels (through aliases)")
+                return n, height
+            if id(node) in open_nodes:
+                raise ConfigError(path, "an alias refers to a node that contains it (a recursive "
+                                        "structure)")
+            open_nodes.add(id(node))
+            n, height = 1, 0
+            children: list[tuple[Any, str]] = []
+            if isinstance(node, SequenceNode):
+                children = [(child, key_path(path, i)) for i, child in enumerate(node.value)]
+            elif isinstance(node, MappingNode):
+                seen: dict[Any, int] = {}
+                for key, value in node.value:
+                    if key.tag == _MERGE:  # `<<: *base`: the merged mapping's keys count here
+                        children.append((value, path))
+                        continue
+                    if not isinstance(key, ScalarNode):
+                        raise ConfigError(path, f"line {key.start_mark.line + 1}: a key must be a "
+                                                "plain value, not a list or mapping")
+                    name = self.construct_object(key)
+                    where = key_path(path, name)
+                    line = key.start_mark.line + 1
+                    if name in seen:
+                        raise ConfigError(where, f"duplicate key (lines {seen[name]} and {line}); "
+                                                 "YAML would silently keep only the last one")
+                    seen[name] = line
+                    n += 1
+                    children.append((value, where))
+            for child, where in children:
+                cn, ch = visit(child, where, depth + 1)
+                n, height = n + cn, max(height, ch + 1)
+                if n > MAX_NODES:
+                    raise ConfigError(path, f"holds more than {MAX_NODES} values once anchors "
+                                            "and aliases are expanded; a sweep file needs far fewer")
+            open_nodes.discard(id(node))
+            sizes[id(node)] = (n, height)
+            return n, height
+
+        visit(root, "", 0)
+
+
+for _tag, _regex, _first in (
+        ("bool", "true|True|TRUE|false|False|FALSE", "tTfF"),
+        ("null", "~|null|Null|NULL|", ["~", "n", "N", ""]),
+        ("int", _INT_RE.pattern, "-+0123456789"),  # before float: "1" is an int
+        ("float", _FLOAT_RE.pattern, "-+0123456789."),
+        ("merge", "<<", "<")):
+    _Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(rf"^(?:{_regex})\Z"),
+                                  list(_first))
+for _tag, _fn in (("null", _Loader.construct_core_null), ("bool", _Loader.construct_core_bool),
+                  ("int", _Loader.construct_core_int), ("float", _Loader.construct_core_float),
+                  ("str", yaml.SafeLoader.construct_yaml_str),
+                  ("seq", yaml.SafeLoader.construct_yaml_seq),
+                  ("map", yaml.SafeLoader.construct_yaml_map)):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _fn)
+_Loader.add_constructor(None, yaml.SafeLoader.construct_undefined)  # any other tag: refused
+
+
+def load_yaml_text(text: str, source: str = "<string>") -> Any:
+    """Parse one YAML document (see the module docstring for what is refused).
+
+    Raises ConfigError; `source` names the input in messages."""
+    if "\x00" in text:
+        raise ConfigError("", f"{source} is binary (it holds NUL bytes), not YAML text")
+    loader = _Loader(text.removeprefix("\ufeff"), source)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        loader.check_graph(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{source} is not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The mapping at the top of the YAML file `path`, read with `load_yaml_text`'s rules."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError("", f"sweep file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError("", f"sweep file {str(path)!r} is not a regular file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError("", f"{path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("", f"{path} must hold a mapping at top level, got {type(data).__name__}")
-    return data
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise ConfigError("", f"cannot read sweep file {str(path)!r}: {e.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError("", f"{path} is larger than {MAX_BYTES // 1024} KiB; a sweep file "
+                              "needs a few kB")
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            raise ConfigError("", f"{path} is {name} text (byte-order mark); save it as UTF-8")
+    if b"\x00" in data:  # also UTF-16/32 without a byte-order mark
+        raise ConfigError("", f"{path} is binary (it holds NUL bytes), not YAML text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"{path} is not UTF-8 text (byte {e.start}: "
+                              f"{data[e.start:e.start + 4]!r})") from None
+    doc = load_yaml_text(text, str(path))
+    if not isinstance(doc, dict):
+        raise ConfigError("", f"{path} must hold a mapping at top level, got {type(doc).__name__}")
+    return doc
 
+
+# ------------------------------------------------------------------------------ typed blocks
+
+_STRICT = pydantic.ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class ConfigModel(pydantic.BaseModel):
+    """Base of every typed config block: frozen, strict types (no "5" for 5, no true for 1;
+    an integer is fine where a number is asked), finite numbers only, unknown keys refused."""
+
+    model_config = pydantic.ConfigDict(frozen=True, **_STRICT)
+
+
+def config_dataclass(cls):
+    """A frozen dataclass validated by pydantic with `ConfigModel`'s rules, for blocks that
+    other code handles as dataclasses (`dataclasses.asdict`, `dataclasses.replace`)."""
+    return pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)(cls)
+
+
+_MESSAGES = {
+    "int_type": "must be an integer", "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer", "float_type": "must be a number",
+    "float_parsing": "must be a number", "finite_number": "must be a finite number",
+    "bool_type": "must be true or false", "string_type": "must be a string",
+    "dict_type": "must be a mapping", "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping", "dataclass_type": "must be a mapping",
+    "list_type": "must be a list", "tuple_type": "must be a list",
+}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+           "less_than_equal": "<="}
+
+
+def parse_model(cls: Any, data: Any, path: str = ""):
+    """Validate `data` (None reads as {} for a block) as `cls`: a `ConfigModel`, a
+    `config_dataclass`, or any type pydantic knows (e.g. `Seeds`). The first problem is raised
+    as a `ConfigError` naming the full key path, e.g. `train.lr: must be > 0, got -1`."""
+    fields = getattr(cls, "__pydantic_fields__", None)
+    is_block = isinstance(cls, type) and fields is not None
+    try:
+        if is_block and issubclass(cls, pydantic.BaseModel):
+            return cls.model_validate({} if data is None else data)
+        if is_block:  # a pydantic dataclass: strict mode takes keyword arguments, not a dict
+            data = {} if data is None else data
+            if not isinstance(data, dict):
+                raise ConfigError(path, f"must be a mapping, got {shown(data)}")
+            for key in data:
+                if not isinstance(key, str):
+                    raise ConfigError(key_path(path, key), "unknown key; expected one of "
+                                                           f"{sorted(fields)}")
+            return cls(**data)
+        return pydantic.TypeAdapter(cls, config=_STRICT).validate_python(data)
+    except pydantic.ValidationError as e:
+        raise _config_error(e.errors()[0], path, fields) from None
+
+
+def _config_error(err: dict, path: str, fields) -> ConfigError:
+    where = path
+    for part in err["loc"]:
+        if part != "[key]":
+            where = key_path(where, part)
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        known = f"; expected one of {sorted(fields)}" if fields and len(err["loc"]) == 1 else ""
+        return ConfigError(where, f"unknown key{known}")
+    if kind in ("missing", "missing_keyword_argument", "missing_argument"):
+        return ConfigError(where, "is required")
+    if kind in ("value_error", "assertion_error"):
+        return ConfigError(where, str(ctx.get("error", err["msg"])))
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        msg = f"must be {_BOUNDS[kind]} {bound}"
+    elif kind == "literal_error":
+        msg = f"must be one of {ctx['expected']}"
+    elif kind == "string_too_long":
+        msg = f"must be at most {ctx['max_length']} characters"
+    elif kind == "too_short":
+        msg = "must not be empty"
+    else:
+        msg = _MESSAGES.get(kind) or err["msg"][:1].lower() + err["msg"][1:]
+    return ConfigError(where, f"{msg}, got {shown(err.get('input'))}")
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError(f"must not contain control characters (newline, tab, ...), got "
+                         f"{shown(value)}")
+    return value
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # matched whole (fullmatch)
+MAX_NAME = 64
+
+
+def _name(value: str) -> str:
+    if len(value) > MAX_NAME or not NAME_RE.fullmatch(value):
+        raise ValueError(f"name {shown(value)} must be at most {MAX_NAME} letters, digits, '-', "
+                         "'_' or '.', starting with a letter or digit (it becomes a coordinate, "
+                         "a run name and a path)")
+    return value
+
+
+def _distinct(values: list) -> tuple:
+    if len(set(values)) != len(values):
+        raise ValueError(f"has duplicates: {shown(values)}")
+    return tuple(values)
+
+
+#: a string value: printable (no newline, tab or other control character), bounded
+Text = Annotated[str, pydantic.Field(max_length=MAX_TEXT), pydantic.AfterValidator(_printable)]
+#: a user-chosen name (scale, mixture, domain, test set, sweep): it becomes a path
+Name = Annotated[str, pydantic.AfterValidator(_name)]
+#: a positive integer count that fits the int32 arrays and Slurm's fields it may reach
+Count = Annotated[int, pydantic.Field(gt=0, le=2 ** 31 - 1)]
+PositiveNumber = Annotated[float, pydantic.Field(gt=0)]
+NonNegative = Annotated[float, pydantic.Field(ge=0)]
+Seed = Annotated[int, pydantic.Field(ge=0, le=INT64_MAX)]
+#: the top-level `seeds:` list: distinct non-negative 64-bit integers, at least one
+Seeds = Annotated[list[Seed], pydantic.Field(min_length=1), pydantic.AfterValidator(_distinct)]
+
+
+def check_name(where: str, name: Any) -> str:
+    """`name` if it is a valid user-chosen name, else a ConfigError at `where`."""
+    if not isinstance(name, str):
+        raise ConfigError(where, f"name {shown(name)} must be a string of letters, digits, "
+                                 "'-', '_' or '.'")
+    try:
+        return _name(name)
+    except ValueError as e:
+        raise ConfigError(where, str(e)) from None
+
+
+def check_tracking_uri(value: str) -> str:
+    """`value` if it is a tracking URI MLflow can use: `http(s)://host[:port][/path]`,
+    `sqlite:///path`, a `file:` URI or a plain directory path; else ValueError."""
+    _printable(value)
+    if not value.strip() or len(value) > MAX_TEXT:
+        raise ValueError(f"must be a non-empty URI, got {shown(value)}")
+    try:
+        url = urllib.parse.urlsplit(value)
+        url.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        raise ValueError(f"is not a valid URI: {shown(value)}") from None
+    scheme = url.scheme.lower()
+    if scheme in ("http", "https"):
+        if not url.hostname or " " in url.netloc:
+            raise ValueError(f"names no host: {shown(value)}; expected http(s)://host[:port]")
+    elif scheme == "sqlite":
+        if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
+            raise ValueError(f"must be sqlite:///relative/path.db or sqlite:////abs/path.db, got "
+                             f"{shown(value)}")
+    elif scheme == "file":
+        if not url.path:
+            raise ValueError(f"names no path: {shown(value)}")
+    elif scheme:
+        raise ValueError(f"unsupported scheme {shown(url.scheme)} in {shown(value)}; use "
+                         "http(s)://host:port, sqlite:///path.db, file:/dir or a directory path")
+    return value
+
+
+def tracking_uri(value: Any, where: str = "--tracking-uri") -> str:
+    """A tracking URI given outside the sweep file (the CLI), checked like `tracking.uri`."""
+    if not isinstance(value, str):
+        raise ConfigError(where, f"must be a string, got {shown(value)}")
+    try:
+        return check_tracking_uri(value)
+    except ValueError as e:
+        raise ConfigError(where, str(e)) from None
+
+
+# ------------------------------------------------------------------ field-by-field reading
 
 class Section:
     """A YAML mapping plus its key path. Read keys with `get`; `finish` rejects unknown keys.
@@ -56,12 +470,12 @@ class Section:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(path, f"must be a mapping, got {type(data).__name__} {data!r}")
+            raise ConfigError(path, f"must be a mapping, got {type(data).__name__} {shown(data)}")
         self.data = data
         self.path = path
-        self._seen: set[str] = set()
+        self._seen: set = set()
 
-    def key(self, key: str) -> str:
+    def key(self, key: Any) -> str:
         return f"{self.path}.{key}" if self.path else str(key)
 
     def has(self, key: str) -> bool:
@@ -77,12 +491,11 @@ class Section:
             if default is _MISSING:
                 raise ConfigError(where, "is required")
             return default
-        value = self.data[key]
-        value = _coerce(value, typ, where)
+        value = _coerce(self.data[key], typ, where)
         if check is not None:
             problem = check(value)
             if problem:
-                raise ConfigError(where, f"{problem}, got {value!r}")
+                raise ConfigError(where, f"{problem}, got {shown(value)}")
         return value
 
     def section(self, key: str, required: bool = False) -> "Section":
@@ -100,7 +513,7 @@ class Section:
         unknown = sorted(set(map(str, self.data)) - set(map(str, self._seen)))
         if unknown:
             raise ConfigError(self.key(unknown[0]),
-                              f"unknown key; expected one of {sorted(self._seen)}")
+                              f"unknown key; expected one of {sorted(map(str, self._seen))}")
 
 
 def _coerce(value: Any, typ: type | tuple, where: str) -> Any:
@@ -109,16 +522,28 @@ def _coerce(value: Any, typ: type | tuple, where: str) -> Any:
     types = typ if isinstance(typ, tuple) else (typ,)
     if isinstance(value, bool) and bool not in types:
         raise ConfigError(where, f"must be {_names(types)}, got a boolean {value!r}")
-    if isinstance(value, types):
-        return value
-    if float in types and isinstance(value, int):
-        return float(value)
-    if float in types and isinstance(value, str):  # YAML reads "3e-4" as a string
-        try:
-            return float(value)
+    if float in types and isinstance(value, (int, str)) and not isinstance(value, bool) \
+            and int not in types:
+        try:  # an integer where a number is asked; "3e-4" quoted
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(where, f"must be a finite number, got {shown(value)}") from None
         except ValueError:
             pass
-    raise ConfigError(where, f"must be {_names(types)}, got {type(value).__name__} {value!r}")
+    if not isinstance(value, types):
+        raise ConfigError(where, f"must be {_names(types)}, got {type(value).__name__} "
+                                 f"{shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(where, f"must be a finite number, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        raise ConfigError(where, f"must fit in 64 bits, got {shown(value)}")
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise ConfigError(where, f"must be at most {MAX_TEXT} characters, got {shown(value)}")
+        if not value.isprintable():
+            raise ConfigError(where, "must not contain control characters (newline, tab, ...), "
+                                     f"got {shown(value)}")
+    return value
 
 
 def _names(types) -> str:
@@ -140,193 +565,55 @@ def fraction(v):
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def seed(v):
+    return None if 0 <= v <= INT64_MAX else "must be a non-negative 64-bit integer"
+
+
 def one_of(*options):
     return lambda v: None if v in options else f"must be one of {list(options)}"
 
 
 def parse_seeds(s: "Section", default: list[int]) -> tuple[int, ...]:
-    """The top-level `seeds:` list: distinct non-negative integers, at least one."""
-    seeds = s.get("seeds", list, list(default))
-    if not seeds:
-        raise ConfigError(s.key("seeds"), "must list at least one seed")
-    for i, v in enumerate(seeds):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"{s.key('seeds')}[{i}]", f"must be a non-negative integer, got {v!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(s.key("seeds"), f"has duplicates: {seeds}")
-    return tuple(seeds)
-
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-def check_name(where: str, name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ConfigError(where, f"name {name!r} must be letters, digits, '-', '_' or '.' "
-                                 "(it becomes a coordinate, a run name and a path)")
-    return name
+    """The top-level `seeds:` list: distinct non-negative 64-bit integers, at least one."""
+    seeds = s.get("seeds", object, list(default))
+    return parse_model(Seeds, seeds, s.key("seeds"))
 
 
 # ---------------------------------------------------------------------------- shared blocks
 
-@dataclasses.dataclass(frozen=True)
+@config_dataclass
 class TrainConfig:
     """Optimisation recipe shared by every cell of a sweep (AdamW, warmup + cosine)."""
 
-    batch_size: int = 32
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_frac: float = 0.05
-    weight_decay: float = 0.1
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    batch_size: Count = 32
+    lr: PositiveNumber = 3e-3
+    min_lr_ratio: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.1
+    warmup_frac: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.05
+    weight_decay: NonNegative = 0.1
+    beta2: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.95
+    grad_clip: NonNegative = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
-    eval_batch_size: int = 16
-    checkpoint_every: int = 200  # optimizer steps; also on SIGUSR2 / timeout
-    log_every: int = 25
-    threads: int = 1  # torch threads per local cell process
+    eval_batch_size: Count = 16
+    checkpoint_every: Count = 200  # optimizer steps; also on SIGUSR2 / timeout
+    log_every: Count = 25
+    threads: Count = 1  # torch threads per local process (selection and attribution studies)
+    # Divergence guards (s2l.train): a log window above diverge_factor x the best window (and
+    # above ln V) fails the run; so does a final mean eval loss above ln V + max_eval_excess.
+    diverge_factor: Annotated[float, pydantic.Field(gt=1)] = 3.0
+    max_eval_excess: NonNegative = 1.0
 
     @classmethod
     def from_section(cls, s: Section) -> "TrainConfig":
-        d = cls()
-        cfg = cls(
-            batch_size=s.get("batch_size", int, d.batch_size, positive),
-            lr=s.get("lr", float, d.lr, positive),
-            min_lr_ratio=s.get("min_lr_ratio", float, d.min_lr_ratio,
-                               lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
-            warmup_frac=s.get("warmup_frac", float, d.warmup_frac, fraction),
-            weight_decay=s.get("weight_decay", float, d.weight_decay, non_negative),
-            beta2=s.get("beta2", float, d.beta2, fraction),
-            grad_clip=s.get("grad_clip", float, d.grad_clip, non_negative),
-            precision=s.get("precision", str, d.precision, one_of("auto", "fp32", "bf16")),
-            compile=s.get("compile", bool, d.compile),
-            eval_batch_size=s.get("eval_batch_size", int, d.eval_batch_size, positive),
-            checkpoint_every=s.get("checkpoint_every", int, d.checkpoint_every, positive),
-            log_every=s.get("log_every", int, d.log_every, positive),
-            threads=s.get("threads", int, d.threads, positive),
-        )
-        s.finish()
-        return cfg
+        """The block of `s` (e.g. `top.section("train")`), unknown keys refused."""
+        return parse_model(cls, s.data, s.path)
 
 
-@dataclasses.dataclass(frozen=True)
+@config_dataclass
 class TrackingConfig:
-    uri: str | None = None  # None: sqlite file in the sweep's out dir
-    experiment: str | None = None  # None: the sweep name
+    uri: Annotated[Text, pydantic.AfterValidator(check_tracking_uri)] | None = None  # None: sqlite in <out>
+    experiment: Text | None = None  # None: the sweep name
 
     @classmethod
     def from_section(cls, s: Section) -> "TrackingConfig":
-        cfg = cls(uri=s.get("uri", str, None), experiment=s.get("experiment", str, None))
-        s.finish()
-        return cfg
-
-
-_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?$|^(\d+)$")
-
-
-def parse_time_minutes(value: Any, where: str) -> int:
-    """Slurm time ("90", "1:30:00", "2-00:00:00", "45:00" is min:sec) -> whole minutes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    m = _TIME_RE.match(str(value).strip()) if isinstance(value, (str, int)) else None
-    if not m:
-        raise ConfigError(where, f"malformed time {value!r}; use minutes (90), H:MM:SS "
-                                 "(1:30:00) or D-HH:MM:SS (2-00:00:00)")
-    if m.group(5):
-        minutes = int(m.group(5))
-    else:
-        days, a, b, c = int(m.group(1) or 0), int(m.group(2)), int(m.group(3)), m.group(4)
-        # H:MM:SS, or D-H:MM (Slurm's own reading of "D-H:MM"), or MM:SS
-        if c is not None:
-            minutes = days * 1440 + a * 60 + b + (1 if int(c) else 0)
-        elif m.group(1):
-            minutes = days * 1440 + a * 60 + b
-        else:
-            minutes = a + (1 if b else 0)
-    if minutes <= 0:
-        raise ConfigError(where, f"time {value!r} must be positive")
-    return minutes
-
-
-_RESOURCE_KEYS = ("gpus", "cpus", "mem_gb", "time", "nodes", "tasks_per_node", "partition",
-                  "account", "qos", "constraint", "sbatch")
-
-
-def resources_from_section(s: Section, base: Resources) -> Resources:
-    """Per-scale (or default) Slurm resources; keys not given fall back to `base`."""
-    r = dataclasses.replace(
-        base,
-        gpus=s.get("gpus", int, base.gpus, non_negative),
-        cpus=s.get("cpus", int, base.cpus, positive),
-        mem_gb=s.get("mem_gb", float, base.mem_gb, positive),
-        nodes=s.get("nodes", int, base.nodes, positive),
-        tasks_per_node=s.get("tasks_per_node", int, base.tasks_per_node, positive),
-        partition=s.get("partition", str, base.partition),
-        account=s.get("account", str, base.account),
-        qos=s.get("qos", str, base.qos),
-        constraint=s.get("constraint", str, base.constraint),
-    )
-    if s.has("time"):
-        r = dataclasses.replace(r, time_min=parse_time_minutes(s.get("time"), s.key("time")))
-    extra = s.section("sbatch")
-    pairs = []
-    for k, v in extra.items():
-        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            raise ConfigError(extra.key(k), f"sbatch option values must be strings or numbers, got {v!r}")
-        pairs.append((str(k), str(v)))
-    if pairs:
-        r = dataclasses.replace(r, extra=tuple(sorted(dict(base.extra + tuple(pairs)).items())))
-    if r.gpus and r.tasks_per_node > 1 and r.tasks_per_node != r.gpus:
-        raise ConfigError(s.key("tasks_per_node"),
-                          f"with gpus={r.gpus} use one task per GPU (tasks_per_node={r.gpus})")
-    s.finish()
-    return r
-
-
-@dataclasses.dataclass(frozen=True)
-class SlurmConfig:
-    """How tasks become Slurm jobs. `resources` is keyed by scale name (or "default")."""
-
-    default: Resources = Resources()
-    per_scale: tuple[tuple[str, Resources], ...] = ()
-    array_parallelism: int = 256  # max array tasks running at once (%N)
-    pack: int = 1  # cells per job: tiny proxies share one job's start-up cost
-    max_requeues: int = 3
-    setup: tuple[str, ...] = ()  # shell lines run before the task (module load, venv activate)
-    env: tuple[tuple[str, str], ...] = ()
-    submit_batch: int = 500  # array tasks per sbatch call (also split at MaxArraySize)
-    poll_s: float = 10.0
-
-    def resources_for(self, scale: str) -> Resources:
-        return dict(self.per_scale).get(scale, self.default)
-
-    @classmethod
-    def from_section(cls, s: Section, scales: list[str] = ()) -> "SlurmConfig":
-        d = cls()
-        default = resources_from_section(s.section("defaults"), Resources())
-        per = []
-        res = s.section("resources")
-        for name, _ in res.items():
-            if name not in scales:
-                raise ConfigError(res.key(name), f"no scale named {name!r}; scales are {list(scales)}")
-            per.append((name, resources_from_section(res.section(name), default)))
-        setup = s.get("setup", list, [])
-        for i, line in enumerate(setup):
-            if not isinstance(line, str):
-                raise ConfigError(f"{s.key('setup')}[{i}]", f"must be a shell line (string), got {line!r}")
-        env = s.section("env")
-        env_pairs = tuple((str(k), str(v)) for k, v in env.items())
-        cfg = cls(
-            default=default,
-            per_scale=tuple(per),
-            array_parallelism=s.get("array_parallelism", int, d.array_parallelism, positive),
-            pack=s.get("pack", int, d.pack, positive),
-            max_requeues=s.get("max_requeues", int, d.max_requeues, non_negative),
-            setup=tuple(setup),
-            env=env_pairs,
-            submit_batch=s.get("submit_batch", int, d.submit_batch, positive),
-            poll_s=s.get("poll_s", float, d.poll_s, positive),
-        )
-        s.finish()
-        return cfg
+        return parse_model(cls, s.data, s.path)

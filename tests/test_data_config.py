@@ -50,7 +50,7 @@ BAD = [
     ({"domains": {"bad name!": {"source": "builtin", "name": "python"}}}, None,
      "data.domains.bad name!", "letters, digits"),
     ({"domains": {"x": {"source": "files", "path": "/nonexistent/*.jsonl"}}}, None,
-     "data.domains.x.path", "no files match"),
+     "data.domains.x.path", "matches no file"),
     ({"domains": {"x": {"source": "files", "path": "a", "format": "xml"}}}, None,
      "data.domains.x.format", "must be one of"),
     ({"domains": {"x": {"source": "hub"}}}, None, "data.domains.x.path", "is required"),
@@ -76,7 +76,7 @@ BAD = [
     (None, {"x": {"kind": "heldout", "samples_per_domain": 0}}, "test_sets.x.samples_per_domain",
      "must be > 0"),
     (None, {"x": {"kind": "squad", "data_files": "/nonexistent.json"}}, "test_sets.x.data_files",
-     "no files match"),
+     "matches no file"),
     (None, {"heldout": {"kind": "heldout"}, "heldout-code": {"kind": "qa", "domain": "code"}},
      "test_sets", "occurs twice"),
 ]

@@ -10,7 +10,7 @@ import yaml
 from conftest import ROOT
 from hpc.submit import main
 from s2l.model import ModelShape
-from s2l.sweep import parse_sweep
+from s2l.lm.config import parse_sweep
 
 RAW = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
 

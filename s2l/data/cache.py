@@ -9,9 +9,13 @@ Layout of `<cache_dir>/<fingerprint>/`:
     stats.json           bytes / documents / tokens per domain and split, build time
     COMPLETE             written last
 
-The directory is built under a temporary name and renamed into place, so a reader never sees a
-half-built one; a file lock (`<fingerprint>.lock`) makes concurrent callers (array tasks
-starting together) wait for the first builder instead of building again.
+Every source (hub datasets, local files, real benchmarks, a pretrained tokenizer) is read
+before anything is written, so a source that cannot be read is a `ConfigError` naming its key
+(`data.domains.mine.path: cannot read ...`) and leaves the cache as it was. The directory is
+then built under a temporary name (`<fingerprint>.tmp-<pid>`, removed if the build fails) and
+renamed into place, so a reader never sees a half-built one; a file lock (`<fingerprint>.lock`)
+makes concurrent callers (array tasks starting together) wait for the first builder instead of
+building again. A failed write (disk full, ...) is an OSError naming the directory.
 """
 from __future__ import annotations
 
@@ -25,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from s2l.config import ConfigError
 from s2l.data import tokenizer as toklib
 from s2l.data.config import DataConfig
 from s2l.data.corpus import MB, cap_documents, doc_key
-from s2l.data.sources import domain_documents
+from s2l.data.sources import domain_documents, reading
 from s2l.data.suite import build_suite
-from s2l.data.testsets import TestSuite
+from s2l.data.testsets import Sample, TestSuite
 
 COMPLETE = "COMPLETE"
 
@@ -45,14 +50,30 @@ def split_documents(docs: list[str], heldout_frac: float, salt: str) -> tuple[li
     return ([d for d, h in zip(docs, held) if not h], [d for d, h in zip(docs, held) if h])
 
 
+@dataclasses.dataclass
+class _Extracted:
+    """Everything read from the sources, before anything is written."""
+
+    train_docs: dict[str, list[str]]  # domain -> training documents
+    held_docs: dict[str, list[str]]  # domain -> held-out documents
+    benchmarks: dict[str, list[Sample]]  # real test set name -> its samples
+    tokenizer: object | None  # the pretrained tokenizer, if the config names one
+    seconds: float
+
+
 def prepare_data(cfg: DataConfig, log=print) -> Path:
     """Build the prepared data for `cfg` unless it exists; return its directory. Safe to call
-    from many processes at once: one builds, the others wait on the lock and then return."""
+    from many processes at once: one builds, the others wait on the lock and then return.
+
+    Raises ConfigError (nothing written) when a source cannot be read, OSError when writing
+    fails (the partial build is removed)."""
     root = cfg.cache_root
-    root.mkdir(parents=True, exist_ok=True)
     final = root / cfg.fingerprint()
     if (final / COMPLETE).exists():
         return final
+    t0, c0 = time.time(), time.process_time()
+    sources = _extract(cfg)
+    root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # blocks until the builder (if any) is done
         if (final / COMPLETE).exists():
@@ -61,33 +82,60 @@ def prepare_data(cfg: DataConfig, log=print) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists():  # an incomplete dir from a crashed build (before the rename)
             shutil.rmtree(final)
-        t0, c0 = time.time(), time.process_time()
-        _build(cfg, tmp, log)
-        # CPU seconds too: wall time on a shared login node says little about the work
-        (tmp / COMPLETE).write_text(json.dumps({"seconds": round(time.time() - t0, 2),
-                                                "cpu_seconds": round(time.process_time() - c0, 2)}))
-        os.replace(tmp, final)
+        try:
+            _build(cfg, sources, tmp)
+            # CPU seconds too: wall time on a shared login node says little about the work
+            (tmp / COMPLETE).write_text(json.dumps({"seconds": round(time.time() - t0, 2),
+                                                    "cpu_seconds": round(time.process_time() - c0, 2)}))
+            os.replace(tmp, final)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.filename is None:  # e.g. ENOSPC from a write
+                raise OSError(e.errno, f"{e.strerror} (preparing data)", str(tmp)) from e
+            raise
         log(f"[s2l.data] prepared {final} in {time.time() - t0:.1f} s")
     return final
 
 
-def _build(cfg: DataConfig, out: Path, log) -> None:
-    (out / "train").mkdir(parents=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    stats: dict = {"domains": {}}
+def _extract(cfg: DataConfig) -> _Extracted:
+    """Read every source the config names; a source that cannot be read is a ConfigError."""
     t = time.time()
     train_docs, held_docs = {}, {}
     for dc in cfg.domain_configs:
-        docs = domain_documents(cfg, dc)
+        where = f"data.domains.{dc.name}"
+        if dc.source == "builtin":  # installed with the package: a failure here is a bug
+            docs = domain_documents(cfg, dc)
+        else:
+            with reading(f"{where}.path", f"{dc.source} source {dc.path!r}"):
+                docs = domain_documents(cfg, dc)
         if len(docs) < 2:
-            raise ValueError(f"domain {dc.name!r} has {len(docs)} document(s); need >= 2 "
-                             "to split off held-out text")
+            raise ConfigError(where, f"has {len(docs)} document(s); need >= 2 to split off "
+                                     "held-out text")
         train_docs[dc.name], held_docs[dc.name] = split_documents(docs, cfg.heldout_frac, dc.name)
-    stats["extract_s"] = round(time.time() - t, 2)
+    benchmarks = {}
+    for ts in cfg.test_sets:
+        if ts.path is not None:  # a real benchmark (synthetic kinds read held-out text)
+            from s2l.data.benchmarks import load_benchmark  # lazy: needs `datasets`
+
+            key = "data_files" if ts.data_files else "path"
+            with reading(f"test_sets.{ts.name}.{key}", f"{ts.kind} test set {ts.path!r}"):
+                benchmarks[ts.name] = load_benchmark(ts)
+    tok = None
+    if cfg.pretrained:
+        with reading("data.tokenizer.pretrained", f"tokenizer {cfg.pretrained!r}"):
+            tok = toklib.load_pretrained(cfg.pretrained)
+    return _Extracted(train_docs, held_docs, benchmarks, tok, round(time.time() - t, 2))
+
+
+def _build(cfg: DataConfig, src: _Extracted, out: Path) -> None:
+    (out / "train").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    stats: dict = {"domains": {}, "extract_s": src.seconds}
+    train_docs, held_docs = src.train_docs, src.held_docs
 
     t = time.time()
-    if cfg.pretrained:
-        tok = toklib.load_pretrained(cfg.pretrained)
+    if src.tokenizer is not None:
+        tok = src.tokenizer
     else:
         # each domain contributes equally (up to tokenizer_mb_per_domain) so the vocabulary is
         # not dominated by the biggest domain, and training stays a few seconds
@@ -113,7 +161,7 @@ def _build(cfg: DataConfig, out: Path, log) -> None:
     stats["tokenize_s"] = round(time.time() - t, 2)
 
     t = time.time()
-    suite = build_suite(cfg, tok, held_docs, held_ids)
+    suite = build_suite(cfg, tok, held_docs, held_ids, src.benchmarks)
     suite.save(out)
     stats["test_s"] = round(time.time() - t, 2)
     stats.update(vocab_size=vocab, dtype=np.dtype(dtype).name, eos=eos,

@@ -18,6 +18,10 @@
 Both blocks are optional; leaving one out gives the built-in default corpus / test suite.
 `DataConfig.fingerprint()` hashes everything that determines the prepared arrays, so it names
 the cache directory and enters every cell id.
+
+Parsing reads the disk but never writes: a `path`/`data_files` glob must match readable
+regular files, and the cache root must be (or be creatable as) a directory. Hub datasets and
+file contents are read by `prepare_data`, which names the offending key the same way.
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ import json
 import os
 from pathlib import Path
 
-from s2l.config import ConfigError, Section, check_name, one_of, positive
+from s2l.config import ConfigError, Section, check_name, key_path, one_of, positive, shown
 
 # Bump when extraction, splitting, tokenization or test-set construction changes, so old
 # caches are not reused for arrays that would now come out differently.
 FORMAT_VERSION = 2
 
+MAX_SEQ_LEN = 1 << 20  # tokens; a longer context is a typo, not a proxy model
+MAX_VOCAB = 1 << 24
 SOURCES = ("builtin", "hub", "files")
 FILE_FORMATS = ("json", "text", "csv", "parquet")
 SYNTHETIC_KINDS = ("heldout", "cloze", "choice", "qa")
@@ -136,11 +142,13 @@ class DataConfig:
     @classmethod
     def from_sections(cls, data: Section, test_sets: Section | None = None) -> "DataConfig":
         d = cls()
-        seq_len = data.get("seq_len", int, d.seq_len, positive)
+        seq_len = data.get("seq_len", int, d.seq_len, lambda v: positive(v) or (
+            None if v <= MAX_SEQ_LEN else f"must be <= {MAX_SEQ_LEN}"))
         tok = data.section("tokenizer")
         pretrained = tok.get("pretrained", str, None)
         vocab = tok.get("vocab_size", int, d.vocab_size,
-                        lambda v: None if v >= 300 else "must be >= 300 (256 bytes + merges)")
+                        lambda v: None if 300 <= v <= MAX_VOCAB else
+                        f"must be >= 300 (256 bytes + merges) and <= {MAX_VOCAB}")
         if pretrained and tok.has("vocab_size"):
             raise ConfigError(tok.key("vocab_size"),
                               "give either vocab_size (train a BPE) or pretrained, not both")
@@ -148,7 +156,7 @@ class DataConfig:
         tok.finish()
         cfg = dict(
             seq_len=seq_len, vocab_size=vocab, pretrained=pretrained, tokenizer_mb_per_domain=tok_mb,
-            cache_dir=data.get("cache_dir", str, None),
+            cache_dir=_cache_dir(data),
             max_mb_per_domain=data.get("max_mb_per_domain", float, d.max_mb_per_domain, positive),
             heldout_frac=data.get("heldout_frac", float, d.heldout_frac,
                                   lambda v: None if 0 < v < 1 else "must be in (0, 1)"),
@@ -200,18 +208,47 @@ def _domain(s: Section, name: str) -> DomainConfig:
     return dc
 
 
+def _cache_dir(data: Section) -> str | None:
+    """The `cache_dir` key, checked (with $S2L_CACHE and the default) to be a directory or
+    creatable as one, so a bad cache root is refused before anything is written."""
+    value = data.get("cache_dir", str, None)
+    root = Path(value or os.environ.get("S2L_CACHE") or "~/.cache/s2l").expanduser()
+    origin = "" if value else f" (from {'$S2L_CACHE' if os.environ.get('S2L_CACHE') else 'the default'})"
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == root else f"cannot hold directories: {shown(str(p))} is"
+                raise ConfigError(data.key("cache_dir"),
+                                  f"{shown(str(root))}{origin} {what} a file, not a directory")
+            break
+    return value
+
+
 def _files(s: Section, key: str, required: bool) -> tuple[str, ...]:
-    """Resolve a glob (or list of globs) to sorted absolute paths, so the order is fixed."""
+    """Resolve a glob (or list of globs) to sorted absolute paths, so the order is fixed.
+    Every match must be a regular file that can be opened."""
     spec = s.get(key, (str, list), None)
     if spec is None:
         return ()
     pats = [spec] if isinstance(spec, str) else spec
-    files = sorted({os.path.abspath(f) for p in pats for f in glob.glob(os.path.expanduser(str(p)),
+    for i, p in enumerate(pats):
+        if not isinstance(p, str) or not p or not p.isprintable():
+            raise ConfigError(key_path(s.key(key), i) if isinstance(spec, list) else s.key(key),
+                              f"must be a file path or glob (a printable string), got {shown(p)}")
+    files = sorted({os.path.abspath(f) for p in pats for f in glob.glob(os.path.expanduser(p),
                                                                         recursive=True)})
-    if required and not files:
-        raise ConfigError(s.key(key), f"no files match {spec!r} (relative to {os.getcwd()})")
-    if not required and pats and not files:
-        raise ConfigError(s.key(key), f"no files match {spec!r}")
+    if pats and not files:
+        where = f" (relative to {os.getcwd()})" if required else ""
+        raise ConfigError(s.key(key), f"matches no file: {shown(spec)}{where}")
+    for f in files:
+        if not os.path.isfile(f):
+            raise ConfigError(s.key(key), f"matches {shown(f)}, which is not a regular file")
+        try:
+            with open(f, "rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(s.key(key), f"matches {shown(f)}, which cannot be read: "
+                                          f"{e.strerror}") from None
     return tuple(files)
 
 

@@ -7,8 +7,37 @@ that reads the hub on a cluster.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+
+from s2l.config import ConfigError
 from s2l.data.config import DataConfig, DomainConfig
 from s2l.data.corpus import BUILTINS, MB, cap_documents
+
+# I/O failures of this machine rather than of the source: they stay OSErrors
+_LOCAL_IO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.ENOMEM}
+
+
+@contextlib.contextmanager
+def reading(where: str, what: str):
+    """Turn a failure to read a user-named source (not found, unreachable, malformed, missing
+    fields) into a ConfigError at the key path `where`; a full disk stays an OSError."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OSError as e:
+        if e.errno in _LOCAL_IO:
+            raise
+        raise ConfigError(where, f"cannot read {what}: {_first_line(e)}") from None
+    except Exception as e:  # datasets/pyarrow/json errors of a malformed source
+        raise ConfigError(where, f"cannot read {what}: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    line = lines[0] if lines else type(e).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def load_rows(path: str, config: str | None = None, split: str = "train",

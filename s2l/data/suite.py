@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from s2l.config import ConfigError
 from s2l.data import testsets
 from s2l.data.config import DataConfig
 from s2l.data.testsets import Sample, TestSuite
 
 
 def build_suite(cfg: DataConfig, tok, heldout_docs: dict[str, list[str]],
-                heldout_ids: dict[str, list[list[int]]]) -> TestSuite:
-    """heldout_docs: domain -> held-out documents; heldout_ids: their token ids."""
+                heldout_ids: dict[str, list[list[int]]],
+                benchmarks: dict[str, list[Sample]] | None = None) -> TestSuite:
+    """heldout_docs: domain -> held-out documents; heldout_ids: their token ids; benchmarks:
+    real test set name -> samples already loaded (others are loaded here)."""
     L = cfg.seq_len + 1
     parts = []  # (test-set name, tokens, mask, row_sample, row_choice, answer (S,), chance)
     for t in cfg.test_sets:
@@ -23,10 +26,13 @@ def build_suite(cfg: DataConfig, tok, heldout_docs: dict[str, list[str]],
                 parts.append((f"heldout-{d}", rows, mask, np.arange(n), np.zeros(n, np.int64),
                               np.full(n, -1), None))
             continue
-        samples = _samples(cfg, t, heldout_docs)
+        samples = (benchmarks or {}).get(t.name)
+        if samples is None:
+            samples = _samples(cfg, t, heldout_docs)
         if not samples:
-            raise ValueError(f"test set {t.name!r} ({t.kind}) got no samples; its domain "
-                             f"{t.domain!r} has too little held-out text (raise heldout_frac)")
+            raise ConfigError(f"test_sets.{t.name}", f"got no samples ({t.kind}): "
+                              + (f"its domain {t.domain!r} has too little held-out text (raise "
+                                 "data.heldout_frac)" if t.domain else f"{t.path!r} has no usable row"))
         rows, mask, rs, rc = testsets.encode_samples(tok, samples, L)
         answer = np.array([s.answer for s in samples], np.int64)
         n_choices = {len(s.endings) for s in samples}
