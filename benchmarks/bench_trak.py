@@ -47,10 +47,8 @@ def bench_throughput(args) -> None:
     import scipy.stats
     import torch
 
-    from s2l.attribution.grads import grad_dim
-    from s2l.attribution.project import ChunkedProjector, MatrixProjector
     from s2l.attribution.reference import traker_projection, traker_scores
-    from s2l.attribution.trak import featurize, score_blockwise
+    from s2l.trak import ChunkedProjector, MatrixProjector, featurize, grad_dim, score_blockwise
 
     model, train, targets = _mlp_setup(args.n_train, args.n_targets)
     p, k = grad_dim(model), args.proj_dim
@@ -98,8 +96,8 @@ def bench_throughput(args) -> None:
 _MEM_CHILD = """
 import resource, sys, numpy as np
 sys.path.insert(0, {root!r})
-from s2l.attribution.features import FeatureStore
-from s2l.attribution.trak import score_blockwise
+from s2l.store import FeatureStore
+from s2l.trak import score_blockwise
 st = FeatureStore({path!r}, 2, {n}, 300, 1024, rows_per_chunk=4096)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 train, target, q = st.arrays()
@@ -113,7 +111,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # absolute pea
 
 
 def bench_memory(args) -> None:
-    from s2l.attribution.features import FeatureStore
+    from s2l.store import FeatureStore
 
     n = args.mem_n
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,12 +5,11 @@ import scipy.stats
 import torch
 from torch import nn
 
-from s2l.attribution.grads import flat_grads, grad_dim
 from s2l.attribution.lds import bootstrap_ci, lds_per_target, subset_masks
-from s2l.attribution.outputs import ClassificationMargin, LMOddsOutput, margin_from_logits
-from s2l.attribution.project import ChunkedProjector, MatrixProjector
-from s2l.attribution.trak import kernel_inverse, score_blockwise, score_single, trak_scores
 from s2l.attribution.vision import build_model
+from s2l.trak import (ChunkedProjector, ClassificationMargin, LMOddsOutput, MatrixProjector,
+                      flat_grads, grad_dim, kernel_inverse, margin_from_logits, score_blockwise,
+                      score_single, trak_scores)
 
 
 def _mlp(seed=0, d=6, h=5, c=4):

@@ -8,13 +8,11 @@ from torch import nn
 
 pytest.importorskip("trak")
 
-from s2l.attribution.grads import grad_dim  # noqa: E402
 from s2l.attribution.lds import lds_per_target, subset_masks  # noqa: E402
-from s2l.attribution.project import MatrixProjector  # noqa: E402
 from s2l.attribution.reference import traker_projection, traker_scores  # noqa: E402
 from s2l.attribution.train import Recipe, margins, train_classifier  # noqa: E402
-from s2l.attribution.trak import trak_scores  # noqa: E402
 from s2l.attribution.vision import load_images, split_indices  # noqa: E402
+from s2l.trak import MatrixProjector, grad_dim, trak_scores  # noqa: E402
 
 
 def _mlp(seed):

@@ -1,5 +1,6 @@
 """DsDm selection: direction on a planted pool (the target's domain must be picked), the sign
-convention on a hand-made score matrix, determinism for a fixed seed."""
+convention on a hand-made score matrix, determinism for a fixed seed, and the per-example
+gradient loop against vmap."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,8 @@ from s2l.config import TrainConfig
 from s2l.model import ModelShape, build_model
 from s2l.selection import dsdm
 from s2l.train import train
+from s2l.trak import (LMOddsOutput, flat_grads, per_example_grads_loop, projector_for,
+                      score_blockwise)
 
 L, VOCAB = 17, 64
 
@@ -40,10 +43,10 @@ def run_dsdm(tokens, targets, target_mask, n, models=2, proj_dim=256):
     phis, phts = [], []
     for m in range(models):
         model = trained_proxy(tokens, m)
-        proj = dsdm.make_projector(model, proj_dim, seed=m)
-        phis.append(dsdm.featurize(model, tokens, None, proj, batch_size=16))
-        phts.append(dsdm.featurize(model, targets, target_mask, proj, batch_size=16))
-    S = dsdm.scores(np.stack(phis), np.stack(phts))
+        proj = projector_for(model, proj_dim, seed=0, member=m)
+        phis.append(dsdm.featurize_lm(model, tokens, None, proj, batch_size=16))
+        phts.append(dsdm.featurize_lm(model, targets, target_mask, proj, batch_size=16))
+    S = score_blockwise(np.stack(phis), np.stack(phts))  # no Q term for the LM output
     return S, dsdm.select(S, n)
 
 
@@ -112,13 +115,15 @@ def test_featurize_and_select_are_deterministic_for_a_fixed_seed(planted):
     assert np.array_equal(picked2, picked)
 
 
-def test_loop_gradients_match_the_attribution_package():
-    """The per-example gradient loop equals `s2l.attribution.grads.flat_grads` (vmap)."""
-    from s2l.attribution.grads import flat_grads
-
+def test_loop_gradients_match_the_vmap_gradients():
+    """The per-example gradient loop (used for GPT-2 on CPU) equals `s2l.trak.flat_grads`
+    (vmap), with and without a loss mask."""
     model = build_model(ModelShape(16, 1, 2), VOCAB, L, 0).eval()
     model.config._attn_implementation = "eager"
     x = torch.from_numpy(planted_pool(3)[0][:4])
-    out = dsdm.lm_output()
-    np.testing.assert_allclose(dsdm.per_example_grads(model, out, x).numpy(),
-                               flat_grads(model, out, (x,)).numpy(), rtol=1e-4, atol=1e-9)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[:, L // 2:] = True
+    for out in (LMOddsOutput(), LMOddsOutput(log_odds=True)):
+        for batch in ((x,), (x, mask)):
+            np.testing.assert_allclose(per_example_grads_loop(model, out, batch).numpy(),
+                                       flat_grads(model, out, batch).numpy(), rtol=1e-4, atol=1e-9)

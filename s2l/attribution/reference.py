@@ -3,8 +3,8 @@ benchmarks only (`pip install traker==0.3.2`; imported lazily).
 
 On CPU only its BasicProjector works; `use_half_precision=False`. With block_size = proj_dim
 the projection matrix is generated once per model, but `finalize_features()` frees it and a
-later `score()` fails with AttributeError ('proj_matrix'): we regenerate it before scoring
-(DESIGN.md, "TRAK on this CPU"). `traker_projection` rebuilds the exact matrix traker uses for a
+later `score()` fails with AttributeError ('proj_matrix'): we regenerate it before scoring.
+`traker_projection` rebuilds the exact matrix traker uses for a
 model id, so our implementation can be run on the same P.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def traker_scores(models, train, targets, proj_dim: int, seed: int = 0, batch_si
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
 
-    from s2l.attribution.grads import grad_dim
+    from s2l.trak.grads import grad_dim
 
     base = copy.deepcopy(models[0]).eval()
     n, T = len(train[0]), len(targets[0])

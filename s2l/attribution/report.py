@@ -1,33 +1,75 @@
 """Tables and figures of an attribution study directory (used by the `report` stage and by
 `analysis/lds.py`). Reads only files: study.json, lds/<width>.npy, scores/<width>.zarr.
 
-Writes
+Writes (into `dest`, by default the study directory)
   lds.csv             proxy, width, params, compute_ratio, lds, ci_lo, ci_hi, n_targets
-  lds_vs_width.png    mean LDS (95% bootstrap CI) against proxy parameters (paper Fig. 6 style)
+  lds_vs_width.png    mean LDS (95% bootstrap CI) against proxy parameters (Khaddaj et al.
+                      2025, Fig. 6 style)
   score_spearman.csv  Spearman correlation between flattened score matrices of every two widths
   score_spearman.png  the same as a heatmap
+
+A study.json that does not have the expected fields raises `ValueError` before anything is
+written.
 """
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import scipy.stats
 
 from s2l.attribution.lds import bootstrap_ci
+from s2l.config import NAME_RE
+
+REPORT_FILES = ("lds.csv", "lds_vs_width.png", "score_spearman.csv", "score_spearman.png")
 
 
-def lds_table(out: Path) -> list[dict]:
-    meta = json.loads((out / "study.json").read_text())
+class _Width(pydantic.BaseModel):
+    width: float
+    params: int
+    train_flops: pydantic.PositiveFloat
+
+
+class _Meta(pydantic.BaseModel):
+    """The fields of study.json the report reads (written by the study's `prepare`)."""
+
+    name: str
+    reference: str
+    alpha: float
+    m: int
+    bootstrap: pydantic.PositiveInt = 1000
+    widths: dict[str, _Width]
+
+
+def read_meta(out: Path) -> dict:
+    """study.json of the study at `out`, checked: ValueError (naming the file) when it is
+    missing fields, or names a width that is not a plain name or a reference it lacks."""
+    path = Path(out) / "study.json"
+    try:
+        meta = _Meta.model_validate_json(path.read_bytes()).model_dump()
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise ValueError(f"{path} is not an attribution study.json ({where}: {err['msg']})") from None
+    bad = [w for w in meta["widths"] if not NAME_RE.fullmatch(w)]
+    if bad or meta["reference"] not in meta["widths"]:
+        raise ValueError(f"{path}: width names {list(meta['widths'])[:10]} must be plain names "
+                         f"and include the reference {meta['reference'][:100]!r}")
+    return meta
+
+
+def lds_table(out: Path, meta: dict | None = None) -> list[dict]:
+    """One row per width with an LDS file (a partial study reports what is there)."""
+    meta = meta or read_meta(out)
     ref = meta["widths"][meta["reference"]]
     rows = []
     for name, s in meta["widths"].items():
         path = out / "lds" / f"{name}.npy"
         if not path.exists():  # partial study: report what is there
             continue
-        per_target = np.load(path)
+        per_target = np.load(path, allow_pickle=False)
         mean, lo, hi = bootstrap_ci(per_target, n_boot=meta.get("bootstrap", 1000))
         rows.append({"proxy": name, "width": s["width"], "params": s["params"],
                      "compute_ratio": ref["train_flops"] / s["train_flops"],
@@ -50,16 +92,23 @@ def score_correlations(out: Path, names: list[str]) -> np.ndarray:
     return C
 
 
-def write_report(out: str | Path) -> list[dict]:
+def write_report(out: str | Path, dest: str | Path | None = None) -> list[dict]:
+    """Read the study at `out`, write the report files into `dest` (default `out`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    meta = json.loads((out / "study.json").read_text())
-    rows = lds_table(out)
-    with open(out / "lds.csv", "w", newline="") as f:
+    dest = out if dest is None else Path(dest)
+    meta = read_meta(out)
+    rows = lds_table(out, meta)
+    C = None
+    names = [r["proxy"] for r in rows if (out / "scores" / f"{r['proxy']}.zarr").exists()]
+    if rows:
+        C = score_correlations(out, names)  # read everything before writing anything
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / "lds.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["proxy", "width", "params", "compute_ratio", "lds",
                                           "ci_lo", "ci_hi", "n_targets"])
         w.writeheader()
@@ -81,12 +130,10 @@ def write_report(out: str | Path) -> list[dict]:
     ax.set_title(f"{meta['name']}: TRAK on proxies, m={meta['m']}, alpha={meta['alpha']}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "lds_vs_width.png", dpi=120)
+    fig.savefig(dest / "lds_vs_width.png", dpi=120)
     plt.close(fig)
 
-    names = [r["proxy"] for r in rows if (out / "scores" / f"{r['proxy']}.zarr").exists()]
-    C = score_correlations(out, names)
-    with open(out / "score_spearman.csv", "w", newline="") as f:
+    with open(dest / "score_spearman.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["proxy"] + names)
         for n, row in zip(names, C):
@@ -101,6 +148,6 @@ def write_report(out: str | Path) -> list[dict]:
     fig.colorbar(im, ax=ax, label="Spearman of scores")
     ax.set_title("score agreement across widths")
     fig.tight_layout()
-    fig.savefig(out / "score_spearman.png", dpi=120)
+    fig.savefig(dest / "score_spearman.png", dpi=120)
     plt.close(fig)
     return rows

@@ -1,5 +1,5 @@
 """The attribution study (`kind: attribution`): TRAK on proxies of several widths, judged by LDS
-against the largest width retrained on random subsets (paper section 3.1).
+against the largest width retrained on random subsets (Khaddaj et al. 2025, section 3.1).
 
 Stages (each task is one process, locally or one Slurm array task):
   train      proxy/<width>/<member>  train an ensemble member, keep late-epoch checkpoints
@@ -12,7 +12,9 @@ Stages (each task is one process, locally or one Slurm array task):
   report     report                  lds.csv, LDS-vs-width figure, score-correlation heatmap
 
 Files under <out> (default runs/<name>): data.pt and masks.npy (made by `prepare`), models/,
-features/, scores/, subsets/, lds/, report files; see `features.py` for the Zarr layout.
+features/, scores/, subsets/, lds/, report files, FINGERPRINT (the config's; a changed config
+moves the old work aside into stale-<time>/); see `s2l.store.FeatureStore` for the Zarr
+layout. Tasks only compute; `s2l.tasks.run_task` marks them done under <out>/.s2l/done/.
 """
 from __future__ import annotations
 
@@ -20,23 +22,23 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from s2l.attribution.config import AttributionConfig, parse
-from s2l.config import SlurmConfig
-from s2l.study import Resources, Stage, Study, Task, register
+from s2l.attribution.config import AttributionConfig, check_split_size, parse
+from s2l.config import ConfigError
+from s2l.runtime import StudyTask, retire_stale, setup_torch
+from s2l.tasks import Stage, Study, register
+
+#: what a changed config moves aside (everything the tasks and `prepare` write)
+WORK = ("data.pt", "masks.npy", "study.json", "models", "features", "scores", "subsets", "lds",
+        "lds.csv", "lds_vs_width.png", "score_spearman.csv", "score_spearman.png")
 
 
-def _torch(cfg: AttributionConfig):
-    import torch
-
-    torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
-    return torch
-
-
-def _data(out: Path):
+def _data(out: Path) -> dict:
+    """The split written by `prepare`: x_train (n, C, H, W), y_train (n,), x_target (T, C, H, W),
+    y_target (T,), train_idx (n,), target_idx (T,)."""
     import torch
 
     return torch.load(out / "data.pt", weights_only=True)
@@ -45,8 +47,7 @@ def _data(out: Path):
 def _recipe(cfg: AttributionConfig):
     from s2l.attribution.train import Recipe
 
-    return Recipe(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                  weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing)
+    return Recipe(**cfg.train.model_dump(exclude={"threads"}))
 
 
 def _model(cfg: AttributionConfig, width: str, in_channels: int):
@@ -56,21 +57,15 @@ def _model(cfg: AttributionConfig, width: str, in_channels: int):
 
 
 def _store(cfg: AttributionConfig, out: Path, width: str):
-    from s2l.attribution.features import FeatureStore
+    from s2l.store import FeatureStore
 
-    return FeatureStore(out / "features" / width, cfg.n_models, cfg.n_train, cfg.n_targets, cfg.proj_dim)
-
-
-@dataclasses.dataclass
-class _Base(Task):
-    cfg: AttributionConfig
-    out: Path
-    key: str
-    resources: Resources = Resources()
+    return FeatureStore(out / "features" / width, cfg.n_models, cfg.data.n_train,
+                        cfg.data.n_targets, cfg.trak.proj_dim)
 
 
 @dataclasses.dataclass
-class TrainProxy(_Base):
+class TrainProxy(StudyTask):
+    stage: ClassVar[str] = "train"
     width: str = ""
     member: int = 0
 
@@ -78,13 +73,10 @@ class TrainProxy(_Base):
     def dir(self) -> Path:
         return self.out / "models" / self.width / str(self.member)
 
-    def is_done(self) -> bool:
-        return (self.dir / "done.json").exists()
-
     def run(self):
         from s2l.attribution.train import accuracy, train_classifier
 
-        torch = _torch(self.cfg)
+        torch = setup_torch(self.cfg.train.threads)
         d = _data(self.out)
         torch.manual_seed(self.cfg.widths.index(self.cfg.width_of(self.width)) * 1000 + self.member)
         model = _model(self.cfg, self.width, d["x_train"].shape[1])
@@ -95,21 +87,19 @@ class TrainProxy(_Base):
         for epoch, state in states.items():
             torch.save(state, self.dir / f"epoch{epoch}.pt")
         info = {"train_s": time.time() - t0, "target_acc": accuracy(model, d["x_target"], d["y_target"])}
-        (self.dir / "done.json").write_text(json.dumps(info))
+        (self.dir / "metrics.json").write_text(json.dumps(info))
 
 
 @dataclasses.dataclass
-class TrainSubset(_Base):
+class TrainSubset(StudyTask):
+    stage: ClassVar[str] = "train"
     index: int = 0
 
-    def is_done(self) -> bool:
-        return (self.out / "subsets" / "done" / str(self.index)).exists()
-
     def run(self):
-        from s2l.attribution.features import margins_array
         from s2l.attribution.train import margins, train_classifier
+        from s2l.store import margins_array
 
-        torch = _torch(self.cfg)
+        torch = setup_torch(self.cfg.train.threads)
         d = _data(self.out)
         mask = torch.from_numpy(np.load(self.out / "masks.npy")[self.index])
         torch.manual_seed(1_000_000 + self.index)
@@ -118,64 +108,54 @@ class TrainSubset(_Base):
                          seed=1_000_000 + self.index)
         margins_array(self.out / "subsets" / "margins.zarr")[self.index] = \
             margins(model, d["x_target"], d["y_target"]).numpy()
-        (self.out / "subsets" / "done" / str(self.index)).touch()
 
 
 @dataclasses.dataclass
-class Featurize(_Base):
+class Featurize(StudyTask):
+    stage: ClassVar[str] = "featurize"
     width: str = ""
     model_id: int = 0
 
-    def is_done(self) -> bool:
-        return _store(self.cfg, self.out, self.width).is_done(self.model_id)
-
     def run(self):
-        from s2l.attribution.grads import grad_dim
-        from s2l.attribution.project import ChunkedProjector
-        from s2l.attribution.trak import featurize, model_seed
+        from s2l.trak import featurize, projector_for
 
-        torch = _torch(self.cfg)
+        cfg, t = self.cfg, self.cfg.trak
+        torch = setup_torch(cfg.train.threads)
         d = _data(self.out)
-        member, ck = divmod(self.model_id, len(self.cfg.ckpt_epochs))
-        model = _model(self.cfg, self.width, d["x_train"].shape[1])
-        path = self.out / "models" / self.width / str(member) / f"epoch{self.cfg.ckpt_epochs[ck]}.pt"
+        member, ck = divmod(self.model_id, len(cfg.ckpt_epochs))
+        model = _model(cfg, self.width, d["x_train"].shape[1])
+        path = self.out / "models" / self.width / str(member) / f"epoch{cfg.ckpt_epochs[ck]}.pt"
         model.load_state_dict(torch.load(path, weights_only=True))
-        proj = ChunkedProjector(grad_dim(model), self.cfg.proj_dim,
-                                model_seed(self.cfg.trak_seed, self.model_id), self.cfg.proj_type,
-                                torch.bfloat16 if self.cfg.proj_dtype == "bf16" else torch.float32,
-                                cache_bytes=self.cfg.cache_gb * 2**30)
-        bs = self.cfg.trak_batch_size
-        phi, q = featurize(model, (d["x_train"], d["y_train"]), proj, batch_size=bs)
-        phi_t, _ = featurize(model, (d["x_target"], d["y_target"]), proj, batch_size=bs)
-        _store(self.cfg, self.out, self.width).write(self.model_id, phi.numpy(), phi_t.numpy(), q.numpy())
+        proj = projector_for(model, t.proj_dim, t.seed, self.model_id, t.proj_type,
+                             torch.bfloat16 if t.proj_dtype == "bf16" else torch.float32,
+                             cache_bytes=t.cache_gb * 2**30)
+        phi, q = featurize(model, (d["x_train"], d["y_train"]), proj, batch_size=t.batch_size)
+        phi_t, _ = featurize(model, (d["x_target"], d["y_target"]), proj, batch_size=t.batch_size)
+        _store(cfg, self.out, self.width).write(self.model_id, phi.numpy(), phi_t.numpy(), q.numpy())
 
 
 @dataclasses.dataclass
-class Score(_Base):
+class Score(StudyTask):
+    stage: ClassVar[str] = "score"
     width: str = ""
-
-    def is_done(self) -> bool:
-        return (self.out / "scores" / f"{self.width}.done").exists()
 
     def run(self):
-        from s2l.attribution.features import score_array
-        from s2l.attribution.trak import score_blockwise
+        from s2l.store import score_array
+        from s2l.trak import score_blockwise
 
-        _torch(self.cfg)
-        train, target, q = _store(self.cfg, self.out, self.width).arrays()
-        out = score_array(self.out / "scores" / f"{self.width}.zarr", self.cfg.n_train,
-                          self.cfg.n_targets, create=True)
-        score_blockwise(train, target, q if self.cfg.use_q else None, ridge=self.cfg.ridge,
+        cfg = self.cfg
+        setup_torch(cfg.train.threads)
+        train, target, q = _store(cfg, self.out, self.width).arrays()
+        out = score_array(self.out / "scores" / f"{self.width}.zarr", cfg.data.n_train,
+                          cfg.data.n_targets, create=True)
+        score_blockwise(train, target, q if cfg.trak.use_q else None, ridge=cfg.trak.ridge,
                         block_rows=out.chunks[0], out=out)
-        (self.out / "scores" / f"{self.width}.done").touch()
 
 
 @dataclasses.dataclass
-class LDS(_Base):
+class LDS(StudyTask):
+    stage: ClassVar[str] = "lds"
     width: str = ""
-
-    def is_done(self) -> bool:
-        return (self.out / "lds" / f"{self.width}.npy").exists()
 
     def run(self):
         from s2l.attribution.lds import lds_per_target
@@ -189,9 +169,8 @@ class LDS(_Base):
 
 
 @dataclasses.dataclass
-class Report(_Base):
-    def is_done(self) -> bool:
-        return (self.out / "lds.csv").exists()
+class Report(StudyTask):
+    stage: ClassVar[str] = "report"
 
     def run(self):
         from s2l.attribution.report import write_report
@@ -200,14 +179,17 @@ class Report(_Base):
 
 
 class AttributionStudy(Study):
-    def __init__(self, cfg: AttributionConfig, out: Path, slurm: SlurmConfig):
-        self.cfg, self.name, self.out, self.slurm = cfg, cfg.name, Path(out), slurm
+    def __init__(self, cfg: AttributionConfig, raw: dict, out: Path):
+        self.cfg, self.raw, self.name, self.out = cfg, raw, cfg.name, Path(out)
+
+    def groups(self) -> list[str]:
+        return self.cfg.width_names
 
     # ------------------------------------------------------------------ sizes (no disk access)
     def _shape(self) -> tuple[int, int]:
-        c = self.cfg
-        native = {"mnist5k": (1, 28), "digits": (1, 8)}.get(c.source, (3, 32))
-        return native[0], c.image_size or native[1]
+        d = self.cfg.data
+        native = {"mnist5k": (1, 28), "digits": (1, 8)}.get(d.source, (3, 32))
+        return native[0], d.image_size or native[1]
 
     def sizes(self) -> dict[str, dict]:
         """Per width: params and training FLOPs of one model on the full train set."""
@@ -218,67 +200,89 @@ class AttributionStudy(Study):
         ch, px = self._shape()
         out = {}
         for name, w in zip(self.cfg.width_names, self.cfg.widths):
-            m = build_model(w, ch)
-            flops = 3 * forward_flops(m, torch.zeros(1, ch, px, px)) * self.cfg.n_train * self.cfg.epochs
+            with torch.device("meta"):  # shapes only: no memory for weights, even at large k
+                m = build_model(w, ch)
+                flops = 3 * forward_flops(m, torch.zeros(1, ch, px, px))
+            flops *= self.cfg.data.n_train * self.cfg.train.epochs
             out[name] = {"width": w, "params": count_params(m), "train_flops": flops}
         return out
+
+    def _load_split(self) -> dict:
+        """The train and target examples; a source that cannot be loaded or is too small is a
+        ConfigError (raised before anything is written)."""
+        import torch
+
+        from s2l.attribution.vision import load_images, split_indices
+
+        d = self.cfg.data
+        try:
+            x, y = load_images(d.source, d.files, d.image_size)
+        except (OSError, ValueError) as e:  # a hub id or parquet file that does not load
+            raise ConfigError("data.data_files" if d.files else "data.source",
+                              f"cannot load images from {d.source[:100]!r}: {str(e)[:300]}") from None
+        check_split_size(d.source, len(x), d.n_train, d.n_targets)
+        tr, tg = split_indices(len(x), d.n_train, d.n_targets, d.seed)
+        return {"x_train": x[tr], "y_train": y[tr], "x_target": x[tg], "y_target": y[tg],
+                "train_idx": torch.from_numpy(tr), "target_idx": torch.from_numpy(tg)}
 
     def prepare(self) -> None:
         import torch
 
-        from s2l.attribution.features import margins_array
         from s2l.attribution.lds import subset_masks
-        from s2l.attribution.vision import load_images, split_indices
+        from s2l.store import margins_array
 
-        c = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not (self.out / "data.pt").exists():
-            x, y = load_images(c.source, c.data_files, c.image_size)
-            tr, tg = split_indices(len(x), c.n_train, c.n_targets, c.data_seed)
-            tmp = self.out / "data.pt.tmp"
-            torch.save({"x_train": x[tr], "y_train": y[tr], "x_target": x[tg], "y_target": y[tg],
-                        "train_idx": torch.from_numpy(tr), "target_idx": torch.from_numpy(tg)}, tmp)
-            tmp.rename(self.out / "data.pt")
-        if not (self.out / "masks.npy").exists():
-            np.save(self.out / "masks.npy", subset_masks(c.n_train, c.m, c.alpha, c.lds_seed))
-        (self.out / "subsets" / "done").mkdir(parents=True, exist_ok=True)
-        (self.out / "scores").mkdir(exist_ok=True)
-        margins_array(self.out / "subsets" / "margins.zarr", c.m, c.n_targets)
+        c, out = self.cfg, self.out
+        fp = c.fingerprint()
+        stale = (out / "FINGERPRINT").exists() and (out / "FINGERPRINT").read_text() != fp
+        split = self._load_split() if stale or not (out / "data.pt").exists() else None
+        if stale:
+            retire_stale(out, fp, WORK)
+        out.mkdir(parents=True, exist_ok=True)
+        if split is not None:
+            tmp = out / "data.pt.tmp"
+            torch.save(split, tmp)
+            tmp.rename(out / "data.pt")
+        if not (out / "masks.npy").exists():
+            np.save(out / "masks.npy", subset_masks(c.data.n_train, c.lds.m, c.lds.alpha, c.lds.seed))
+        (out / "scores").mkdir(exist_ok=True)
+        margins_array(out / "subsets" / "margins.zarr", c.lds.m, c.data.n_targets)
         for w in c.width_names:
-            _store(c, self.out, w).create()
-        meta = {"name": c.name, "reference": c.reference, "alpha": c.alpha, "m": c.m,
-                "bootstrap": c.bootstrap, "widths": self.sizes(), "config": dataclasses.asdict(c)}
-        (self.out / "study.json").write_text(json.dumps(meta, indent=1))
+            _store(c, out, w).create()
+        meta = {"name": c.name, "reference": c.reference, "alpha": c.lds.alpha, "m": c.lds.m,
+                "bootstrap": c.lds.bootstrap, "widths": self.sizes(), "config": c.model_dump()}
+        (out / "study.json").write_text(json.dumps(meta, indent=1))
+        (out / "FINGERPRINT").write_text(fp)
 
     def stages(self) -> list[Stage]:
         c, o = self.cfg, self.out
-        res = self.slurm.resources_for
         ref = c.reference
-        train = [TrainProxy(c, o, f"proxy/{w}/{e}", res(w), width=w, member=e)
-                 for w in c.width_names for e in range(c.ensemble)]
-        train += [TrainSubset(c, o, f"subset/{i}", res(ref), index=i) for i in range(c.m)]
-        feat = [Featurize(c, o, f"{w}/{m}", res(w), width=w, model_id=m)
+        train = [TrainProxy(c, o, f"proxy/{w}/{e}", w, width=w, member=e)
+                 for w in c.width_names for e in range(c.trak.ensemble)]
+        train += [TrainSubset(c, o, f"subset/{i}", ref, index=i) for i in range(c.lds.m)]
+        feat = [Featurize(c, o, f"{w}/{m}", w, width=w, model_id=m)
                 for w in c.width_names for m in range(c.n_models)]
-        d = self.slurm.default
         return [Stage("train", train), Stage("featurize", feat),
-                Stage("score", [Score(c, o, w, d, width=w) for w in c.width_names]),
-                Stage("lds", [LDS(c, o, w, d, width=w) for w in c.width_names]),
-                Stage("report", [Report(c, o, "report", d)])]
+                Stage("score", [Score(c, o, w, width=w) for w in c.width_names]),
+                Stage("lds", [LDS(c, o, w, width=w) for w in c.width_names]),
+                Stage("report", [Report(c, o, "report")])]
 
     def describe(self) -> str:
         c, sizes = self.cfg, self.sizes()
-        lines = [f"attribution study {c.name}: {c.n_train} train / {c.n_targets} targets from "
-                 f"{c.source}; reference {c.reference}; ensemble {c.ensemble} x "
-                 f"{len(c.ckpt_epochs)} checkpoints; proj_dim {c.proj_dim}; LDS m={c.m} alpha={c.alpha}"]
+        lines = [f"attribution study {c.name}: {c.data.n_train} train / {c.data.n_targets} targets "
+                 f"from {c.data.source}; reference {c.reference}; ensemble {c.trak.ensemble} x "
+                 f"{len(c.ckpt_epochs)} checkpoints; proj_dim {c.trak.proj_dim}; "
+                 f"LDS m={c.lds.m} alpha={c.lds.alpha}"]
         total = 0.0
+        ref_flops = sizes[c.reference]["train_flops"]
         for w, s in sizes.items():
-            f = s["train_flops"] * c.ensemble
+            f = s["train_flops"] * c.trak.ensemble
             total += f
-            lines.append(f"  proxy {w:>9}: {s['params']:>10,} params, {c.ensemble} models, "
-                         f"{f:.3g} train FLOPs, compute ratio {sizes[c.reference]['train_flops'] / s['train_flops']:.3g}")
-        f = sizes[c.reference]["train_flops"] * c.alpha * c.m
+            lines.append(f"  proxy {w:>9}: {s['params']:>10,} params, {c.trak.ensemble} models, "
+                         f"{f:.3g} train FLOPs, compute ratio {ref_flops / s['train_flops']:.3g}")
+        f = ref_flops * c.lds.alpha * c.lds.m
         total += f
-        lines.append(f"  subsets {c.reference}: {c.m} models on {c.alpha:g} of the data, {f:.3g} FLOPs")
+        lines.append(f"  subsets {c.reference}: {c.lds.m} models on {c.lds.alpha:g} of the data, "
+                     f"{f:.3g} FLOPs")
         for st in self.stages():
             lines.append(f"  stage {st.name}: {len(st.tasks)} tasks")
         lines.append(f"  total training compute {total:.3g} FLOPs")
@@ -290,15 +294,10 @@ class AttributionStudy(Study):
 
 
 @register("attribution")
-def make_study(raw: dict, path: Path, out: str | Path | None = None, **overrides) -> AttributionStudy:
-    from s2l.config import ConfigError
-
-    cfg, top = parse(raw)
-    slurm = SlurmConfig.from_section(top.section("slurm"), scales=cfg.width_names)
-    top.finish()
-    if overrides:
-        try:
-            cfg = dataclasses.replace(cfg, **overrides)
-        except TypeError as e:
-            raise ConfigError("", f"unknown override: {e}") from None
-    return AttributionStudy(cfg, Path(out) if out else Path("runs") / cfg.name, slurm)
+def _make(raw: dict, path: Path, out, tracking_uri: str | None) -> AttributionStudy:
+    if tracking_uri:
+        raise ConfigError("--tracking-uri", "the attribution study does not track to MLflow "
+                                            "(its results are lds.csv and figures in the out dir); "
+                                            "drop --tracking-uri")
+    cfg = parse(raw)
+    return AttributionStudy(cfg, raw, Path(out) if out else Path("runs") / cfg.name)

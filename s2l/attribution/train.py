@@ -60,7 +60,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe:
 @torch.no_grad()
 def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Classification margin log(p_y / (1 - p_y)) per example: (N,) float32, model in eval mode."""
-    from s2l.attribution.outputs import margin_from_logits
+    from s2l.trak.outputs import margin_from_logits
 
     model.eval()
     out = [margin_from_logits(model(x[i:i + batch_size]), y[i:i + batch_size])

@@ -1,9 +1,10 @@
 """Width-scaled ResNet-9 image classifiers ("RN-k") and the image data they train on.
 
-The paper (section 3.1) scales every channel count of a ResNet by a factor k and trains all
-widths with one recipe. We use the ResNet-9 of Page/Myrtle (the CIFAR-10 speed-run network):
-prep conv -> [conv, pool, residual] -> [conv, pool] -> [conv, pool, residual] -> global max pool
--> linear. Base channels (64, 128, 256, 512) times k; parameter count grows ~k^2.
+The small-to-large paper (Khaddaj et al. 2025, section 3.1) scales every channel count of a
+ResNet by a factor k and trains all widths with one recipe. We use the ResNet-9 of Page/Myrtle
+(the CIFAR-10 speed-run network): prep conv -> [conv, pool, residual] -> [conv, pool] ->
+[conv, pool, residual] -> global max pool -> linear. Base channels (64, 128, 256, 512) times k;
+parameter count grows ~k^2.
 
 Data: `load_images` returns float tensors `x` (N, C, H, W), normalised per channel, and int64
 labels `y` (N,). Sources:
@@ -137,9 +138,12 @@ def load_hub(name: str, split: str = "train", data_files=None, image_key: str | 
     else:
         ds = datasets.load_dataset(name, split=split)
     if image_key is None:
-        image_key = next(k for k, f in ds.features.items() if isinstance(f, datasets.Image))
+        image_key = next((k for k, f in ds.features.items() if isinstance(f, datasets.Image)), None)
     if label_key is None:
-        label_key = next(k for k in ("label", "labels", "fine_label") if k in ds.features)
+        label_key = next((k for k in ("label", "labels", "fine_label") if k in ds.features), None)
+    if image_key is None or label_key is None:
+        raise ValueError(f"needs an Image column and a label/labels/fine_label column; "
+                         f"columns are {list(ds.features)}")
     imgs = [np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
             for im in ds[image_key]]
     x = np.stack(imgs).astype(np.float32)

@@ -4,12 +4,14 @@
                      (and accuracy for multiple choice) of the reference model, mean over seeds
                      with a 95% t-interval; the gain over random, paired by seed (same init and
                      batch order), with its 95% t-interval; proxy compute; off-target loss
-    compute.csv      paper Table 9 style: FLOPs and seconds per stage (proxy training,
+    compute.csv      Khaddaj et al. 2025, Table 9 style: FLOPs and seconds per stage (proxy training,
                      featurization, scoring, final training) and size
     composition.csv  domain shares of each selection (the store's `weight`)
-    gain.png         gain over random against proxy compute (paper Fig. 8 style)
+    gain.png         gain over random against proxy compute (their Fig. 8 style)
 
 Gain = loss(random) - loss(selection): positive means the selection beat random.
+Everything is read (and checked: a store that is not a selection study's, or a timing file
+that is not one, raises ValueError) before anything is written.
 """
 from __future__ import annotations
 
@@ -33,9 +35,21 @@ def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]
     return m, m - half, m + half
 
 
+_TIME_KEYS = {"stage": str, "size": str, "seconds": (int, float), "flops": (int, float)}
+
+
+def _time_row(path: Path) -> dict:
+    """One task's timing record (written by the study's tasks), checked."""
+    row = json.loads(path.read_text())
+    if not isinstance(row, dict) or any(not isinstance(row.get(k), t) or isinstance(row.get(k), bool)
+                                        for k, t in _TIME_KEYS.items()):
+        raise ValueError(f"{path} is not a task timing record (needs {sorted(_TIME_KEYS)})")
+    return row
+
+
 def compute_table(out: Path) -> pd.DataFrame:
     """Seconds and FLOPs per (stage, size, selection) summed over tasks, from times/*.json."""
-    rows = [json.loads(p.read_text()) for p in sorted((Path(out) / "times").glob("*.json"))]
+    rows = [_time_row(p) for p in sorted((Path(out) / "times").glob("*.json"))]
     if not rows:
         return pd.DataFrame(columns=["stage", "size", "selection", "tasks", "seconds", "flops"])
     df = pd.DataFrame(rows)
@@ -128,18 +142,32 @@ def gain_figure(table: pd.DataFrame, path: Path, ref: str) -> None:
     plt.close(fig)
 
 
-def write_report(out: str | Path) -> pd.DataFrame:
-    """Write selection.csv, compute.csv, composition.csv and gain.png into `out`."""
+def open_selection_store(out: Path):
+    """The loaded store of the selection study at `out`; ValueError when it is another kind's
+    (an LM sweep's store has no selection target)."""
     from s2l.store import open_store
 
+    ds = open_store(Path(out) / "losses.zarr").load()
+    kind = ds.attrs.get("kind", "lm")
+    if kind != "selection" or "target" not in ds.attrs or ds.sizes.get("scale") != 1:
+        raise ValueError(f"{Path(out) / 'losses.zarr'} is not a selection study's store "
+                         f"(kind {str(kind)[:40]!r}); use the report of its own kind")
+    return ds
+
+
+def write_report(out: str | Path, dest: str | Path | None = None) -> pd.DataFrame:
+    """Read the study at `out`; write selection.csv, compute.csv, composition.csv and gain.png
+    into `dest` (default `out`)."""
     out = Path(out)
-    ds = open_store(out / "losses.zarr").load()
+    dest = out if dest is None else Path(dest)
+    ds = open_selection_store(out)
     times = compute_table(out)
-    times.to_csv(out / "compute.csv", index=False)
     table = selection_table(ds, times)
-    table.to_csv(out / "selection.csv", index=False, float_format="%.5g")
     comp = pd.DataFrame(ds["weight"].values, index=[str(m) for m in ds.mixture.values],
                         columns=[str(d) for d in ds.domain.values])
-    comp.rename_axis("selection").to_csv(out / "composition.csv", float_format="%.4f")
-    gain_figure(table, out / "gain.png", str(ds.scale.values[0]))
+    dest.mkdir(parents=True, exist_ok=True)
+    times.to_csv(dest / "compute.csv", index=False)
+    table.to_csv(dest / "selection.csv", index=False, float_format="%.5g")
+    comp.rename_axis("selection").to_csv(dest / "composition.csv", float_format="%.4f")
+    gain_figure(table, dest / "gain.png", str(ds.scale.values[0]))
     return table

@@ -1,4 +1,4 @@
-"""TRAK data attribution: featurize, kernel, score (Park et al. 2023; PAPER.md "Algorithms").
+"""TRAK scores from features: kernel, its inverse, single-model, blockwise and ensemble scores.
 
 For each model m of an ensemble (independently trained models and/or late checkpoints):
 
@@ -13,15 +13,15 @@ because saturated softmaxes drive 1 - p to ~0). S[i, j] > 0: train example i is 
 *raise* target j's output (its margin) when included.
 
 K_m^{-1} is computed in float64, by Cholesky when K_m is well conditioned and otherwise as a
-pseudo-inverse (with ridge = 0 and n < k the kernel is singular and a plain inverse is noise). `traker` additionally divides each
-K_m^{-1} by its mean absolute entry, which reweights ensemble members; we do not (scores of one
-model are identical up to that constant).
+pseudo-inverse (with ridge = 0 and n < k the kernel is singular and a plain inverse is noise).
+`traker` additionally divides each K_m^{-1} by its mean absolute entry, which reweights
+ensemble members; we do not (scores of one model are identical up to that constant).
 
 Two ways to compute the same scores:
 - `trak_scores(models, train, targets, ...)`: everything in memory, one call;
-- `featurize` per model (one Slurm task each, features saved by `s2l.attribution.features`),
-  then `score_blockwise` over row blocks of the stored features: memory is O(k^2 + kT + bT)
-  per model instead of O(nk) per model.
+- `featurize` per model (one task each, features saved by `s2l.store.FeatureStore`), then
+  `score_blockwise` over row blocks of the stored features: memory is O(k^2 + kT + bT) per
+  model instead of O(nk) per model.
 """
 from __future__ import annotations
 
@@ -31,27 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from s2l.attribution.grads import flat_grads, grad_dim, iter_batches
-from s2l.attribution.outputs import ClassificationMargin
-from s2l.attribution.project import ChunkedProjector
-
-
-def model_seed(seed: int, m: int) -> int:
-    """Projection seed of ensemble member m: every member gets its own P, as in traker."""
-    return seed * 100_003 + m
-
-
-def featurize(model: nn.Module, data: tuple[torch.Tensor, ...], projector, output=None,
-              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected gradients Phi (n, k) float32 and out-to-loss terms q (n,) of `model` on
-    `data` (a tuple of tensors with first dim n, e.g. (x, y))."""
-    output = output or ClassificationMargin()
-    phis, qs = [], []
-    model.eval()
-    for batch in iter_batches(data, batch_size):
-        phis.append(projector.project(flat_grads(model, output, batch)))
-        qs.append(output.out_to_loss(model, *batch).float())
-    return torch.cat(phis), torch.cat(qs)
+from s2l.trak.featurize import featurize
+from s2l.trak.grads import grad_dim
+from s2l.trak.project import ChunkedProjector, model_seed
 
 
 def kernel_inverse(K: torch.Tensor, ridge: float = 0.0, rcond: float = 1e-10) -> torch.Tensor:
@@ -72,7 +54,7 @@ def kernel_inverse(K: torch.Tensor, ridge: float = 0.0, rcond: float = 1e-10) ->
     return (evecs * inv) @ evecs.T
 
 
-def kernel(blocks: Iterable[torch.Tensor]) -> torch.Tensor:
+def kernel(blocks: Iterable) -> torch.Tensor:
     """Phi^T Phi (k, k) float64, accumulated over row blocks (b, k) of Phi."""
     K = None
     for b in blocks:
@@ -82,7 +64,8 @@ def kernel(blocks: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 def score_single(phi_train: torch.Tensor, phi_target: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
-    """S_m = Phi K^{-1} phi^T (n, T) float64 for one model, all in memory."""
+    """S_m = Phi K^{-1} phi^T (n, T) float64 for one model, all in memory:
+    phi_train (n, k), phi_target (T, k)."""
     A = kernel_inverse(kernel([phi_train]), ridge) @ phi_target.double().T  # (k, T)
     return phi_train.double() @ A
 
@@ -121,14 +104,6 @@ def score_blockwise(train, target, q=None, ridge: float = 0.0, block_rows: int =
         else:
             out[s] = block
     return result
-
-
-def from_checkpoints(model: nn.Module, checkpoints: Iterable) -> Iterator[nn.Module]:
-    """Yield `model` loaded with each checkpoint (a state dict or a path to one), one at a time."""
-    for ck in checkpoints:
-        state = torch.load(ck, map_location="cpu", weights_only=True) if not isinstance(ck, dict) else ck
-        model.load_state_dict(state)
-        yield model.eval()
 
 
 def trak_scores(models: Iterable[nn.Module], train: tuple[torch.Tensor, ...],

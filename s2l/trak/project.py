@@ -10,14 +10,22 @@ G[:, rows] @ P[rows] over chunks, optionally caching the chunks while they fit i
 Entries: Rademacher (+-1) or standard normal, *not* scaled by 1/sqrt(k) (as in `traker`; TRAK
 scores without ridge are invariant to a common scale of the features). Materialised in float32
 by default. `dtype=torch.bfloat16` (+-1 is exact in bf16) pays off only where bf16 matmuls are
-fast (GPUs, CPUs with AMX: ~6x, DESIGN.md); on a CPU without AMX/avx512_bf16 (the AMD EPYC this
-was measured on) a bf16 matmul ran 100x *slower* than fp32. The sum over chunks is fp32.
+fast (GPUs, CPUs with AMX); on a CPU without AMX/avx512_bf16 (an AMD EPYC, measured) a bf16
+matmul ran 100x *slower* than fp32. The sum over chunks is fp32.
 
 `MatrixProjector` wraps an explicit P (tests, and comparisons with `traker` on the same P).
 """
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from s2l.trak.grads import grad_dim
+
+
+def model_seed(seed: int, m: int) -> int:
+    """Projection seed of ensemble member m: every member gets its own P, as in traker."""
+    return seed * 100_003 + m
 
 
 class ChunkedProjector:
@@ -77,3 +85,15 @@ class MatrixProjector:
 
     def project(self, grads: torch.Tensor) -> torch.Tensor:
         return (grads.to(self.P.dtype) @ self.P).float()
+
+
+def projector_for(model: nn.Module, proj_dim: int, seed: int, member: int,
+                  kind: str = "rademacher", dtype: torch.dtype = torch.float32,
+                  cache_bytes: float | None = None) -> ChunkedProjector:
+    """The projector of ensemble `member` for `model`'s gradients (seed `model_seed(seed,
+    member)`). `cache_bytes` None: keep P in memory whatever its size."""
+    p = grad_dim(model)
+    if cache_bytes is None:
+        cache_bytes = p * proj_dim * torch.finfo(dtype).bits / 8
+    return ChunkedProjector(p, proj_dim, model_seed(seed, member), kind, dtype,
+                            cache_bytes=cache_bytes)

@@ -1,6 +1,6 @@
 """Model-output functions f(z; theta) whose parameter gradients TRAK projects.
 
-Each `ModelOutput` has
+Each output has
 - `output(model, params, buffers, *example)`: a scalar for ONE example (no batch dimension),
   written so that `torch.func.vmap(torch.func.grad(...))` can map it over a batch. Inside vmap,
   `logits[y]` and `F.one_hot(y)` fail on the batched label, so the correct class is selected
@@ -8,13 +8,14 @@ Each `ModelOutput` has
 - `out_to_loss(model, *batch)`: the (B,) reweighting term Q = d loss / d f, used by `traker`
   and optionally by us.
 
-Classification (TRAK paper, section 3.3): f = log(p_y / (1 - p_y)) = z_y - logsumexp_{c!=y} z_c,
-the "margin"; Q = 1 - p_y.
+Classification (TRAK, Park et al. 2023, section 3.3): f = log(p_y / (1 - p_y))
+= z_y - logsumexp_{c != y} z_c, the "margin"; Q = 1 - p_y.
 
-Causal LM (DsDm): f = mean over next-token predictions t of p_t / (1 - p_t), where p_t is the
-probability of the actual token t+1 (computed through the log-odds for stability). With
-`log_odds=True` it is the mean log-odds instead (the LM analogue of the classification margin).
-Q is 1 (no reweighting): the LM loss is not a function of this single scalar.
+Causal LM (DsDm, Engstrom et al. 2024): f = mean over next-token predictions t of
+p_t / (1 - p_t), where p_t is the probability of the actual token t+1 (computed through the
+log-odds for stability). With `log_odds=True` it is the mean log-odds instead (the LM analogue
+of the classification margin). Q is 1 (no reweighting): the LM loss is not a function of this
+single scalar.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def margin_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class ClassificationMargin:
-    """Margin of an image (or any) classifier taking x (B, ...) -> logits (B, C)."""
+    """Margin of an image (or any) classifier taking x (B, ...) -> logits (B, C).
+    One example is (x (...), y ())."""
 
     def output(self, model, params, buffers, x, y):
         logits = functional_call(model, (params, buffers), (x.unsqueeze(0),))
@@ -39,16 +41,17 @@ class ClassificationMargin:
 
     @torch.no_grad()
     def out_to_loss(self, model, x, y):
+        """x (B, ...), y (B,) -> 1 - p_y (B,)."""
         p = torch.softmax(model(x), -1)
         is_y = torch.arange(p.shape[-1]) == y.unsqueeze(-1)
         return 1.0 - (p * is_y).sum(-1)
 
 
 class LMOddsOutput:
-    """Causal LM taking input_ids (B, T) -> logits (B, T, V) (or an object with `.logits`).
+    """Causal LM taking input_ids (B, L) -> logits (B, L, V) (or an object with `.logits`).
 
-    One example is a token sequence (T,); positions 0..T-2 predict tokens 1..T-1. An optional
-    mask (T,) of 0/1 marks which *predicted* tokens count (e.g. answer tokens only)."""
+    One example is a token sequence (L,); positions 0..L-2 predict tokens 1..L-1. An optional
+    mask (L,) of 0/1 marks which *predicted* tokens count (e.g. answer tokens only)."""
 
     def __init__(self, log_odds: bool = False):
         self.log_odds = log_odds
@@ -68,4 +71,5 @@ class LMOddsOutput:
 
     @torch.no_grad()
     def out_to_loss(self, model, input_ids, mask=None):
+        """(B,) ones: no reweighting."""
         return torch.ones(input_ids.shape[0])
