@@ -1,42 +1,28 @@
 #!/usr/bin/env python
-"""Cross-scale correlation of a sweep's loss store (PAPER.md section 1, DataDecide).
+"""Cross-scale correlation of a sweep's loss store (decision accuracy as in DataDecide, Ai2 2025).
 
     python analysis/correlate.py runs/grid/losses.zarr --out runs/grid/analysis [--reference xl]
 
 Writes DIR/correlation.csv (per proxy x test set: pearson, spearman, r2 with 95% bootstrap CIs,
 compute_ratio, noise ceiling, per-sample R^2), DIR/decision_accuracy.csv, DIR/missing_cells.csv
-for a partial store, and the PNG figures. Exit 2 on a bad store or reference.
+for a partial store, and the PNG figures. Reads the store only, never writes into it. Exit 2,
+with one `error:` line and nothing written, on a missing, unreadable or off-schema store, an
+unknown reference, or an --out inside the store.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from s2l.analysis import pipeline, summary
-from s2l.analysis.load import StoreError
+from s2l.analysis import cli, pipeline, summary
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("store", help="path to losses.zarr")
-    ap.add_argument("--reference", help="reference scale (default: the one with most FLOPs)")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    return ap
+def write(a: pipeline.Analysis, out: str) -> str:
+    written = pipeline.write_outputs(a, out)
+    return f"{summary.format_correlations(a)}\nwrote {len(written)} files to {out}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        a = pipeline.analyze(args.store, args.reference, n_boot=args.n_boot, seed=args.seed)
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    written = pipeline.write_outputs(a, args.out)
-    print(summary.format_correlations(a))
-    print(f"wrote {len(written)} files to {args.out}")
-    return 0
+    return cli.run(argv, __doc__.split("\n\n")[0], write)
 
 
 if __name__ == "__main__":

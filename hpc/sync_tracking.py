@@ -4,7 +4,8 @@
     python hpc/sync_tracking.py OUT [--tracking-uri URI]
 
 The URI and experiment default to those of the sweep in OUT (OUT/sweep.yaml). Each synced
-record file is renamed `*.synced`, so running it twice logs nothing twice.
+record file is renamed `*.synced`, so running it twice logs nothing twice. Exit 2, with one
+`error:` line, when OUT holds no sweep that tracks runs or a record file is not one.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s2l.config import ConfigError  # noqa: E402
-from s2l.study import load_study  # noqa: E402
-from s2l.tracking import offline_dir, sync_offline  # noqa: E402
+from s2l.tasks import load_study  # noqa: E402
+from s2l.tracking import (OfflineRecordError, offline_dir, offline_records,  # noqa: E402
+                          sync_offline)
 
 
 def main(argv=None) -> int:
@@ -31,12 +33,20 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {out}: {e}", file=sys.stderr)
         return 2
-    pending = sorted(offline_dir(out).glob("*.json"))
+    uri, experiment = getattr(study, "tracking_uri", None), getattr(study, "experiment", None)
+    if not uri or not experiment:
+        print(f"error: {out}: this kind of study keeps no tracking records", file=sys.stderr)
+        return 2
+    pending = offline_records(out)
     if not pending:
         print(f"nothing to sync in {offline_dir(out)}")
         return 0
-    n = sync_offline(out, study.tracking_uri, study.experiment)
-    print(f"synced {n} runs from {len(pending)} offline records into {study.tracking_uri}")
+    try:
+        n = sync_offline(out, uri, experiment)
+    except OfflineRecordError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    print(f"synced {n} runs from {len(pending)} offline records into {uri}")
     return 0
 
 

@@ -5,13 +5,23 @@ One MLflow experiment per sweep, one parent run per sweep, one child run per cel
 its run instead of making a duplicate. Params are flat strings a user can filter on in the UI
 (`params.scale = 'xs' and params.mixture = 'code-heavy'`).
 
-Three trackers share one interface:
+`Tracker` is the interface (sweep_run, cell_run, finish_sweep); two implementations:
 - `MlflowTracker`: the real thing, given an explicit tracking URI (a server, or
   `sqlite:///<out>/mlflow.db`; never the implicit default, which depends on the cwd).
 - `RecordingTracker`: keeps everything in a dict and, given a path, in a JSON file. It is the
   in-process double for unit tests and the offline fallback on compute nodes that cannot reach
   the tracking server; `sync_offline` replays those files into MLflow later.
-- `open_tracker` picks: MLflow when reachable, else a RecordingTracker under the out dir.
+`open_tracker` picks: MLflow when reachable, else a RecordingTracker under the out dir.
+A sweep run recorded offline has a placeholder id that an MlflowTracker resolves to the real
+run by name, so the run ids callers hand around work with either implementation.
+
+Exactly once, whatever is killed when: a finished cell first writes its whole run as an
+offline record (`record_cell`: durable before the cell's completion marker), then, after the
+marker, logs it online and renames the record `*.synced` (`publish_record`). A record left
+unsynced by a kill or an unreachable server is replayed by the next submit or status
+(`replay_done`, only for cells whose marker says done). A replay finds the cell's run by its
+`s2l.cell_id` tag: a FINISHED run is not logged again, a half-logged one is replaced. Child
+runs carry the cell's real start and end times, so the UI shows how long training took.
 """
 from __future__ import annotations
 
@@ -19,13 +29,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
 SWEEP_TAG = "s2l.sweep"
 CELL_TAG = "s2l.cell_id"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI uses to nest child runs
+_OFFLINE_PARENT = "sweep:"  # id prefix of a sweep run recorded offline (resolved on sync)
+_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED", "SCHEDULED")  # MLflow's run states
+# MLflow 3's UI opens an experiment on its GenAI (traces) overview unless this tag says the
+# experiment holds model-training runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class CellRun(Protocol):
@@ -35,7 +50,23 @@ class CellRun(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_history(self, key: str, points: list[tuple[int, float]]) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
-    def finish(self, status: str = "FINISHED") -> None: ...
+    def finish(self, status: str = "FINISHED", end_time: int | None = None) -> None: ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Where a sweep's runs are logged. Run ids are opaque strings to callers."""
+
+    def sweep_run(self, name: str, params: dict) -> str:
+        """The sweep's parent run, created with `params` or reused; returns its run id."""
+
+    def cell_run(self, parent_id: str | None, name: str, cell_id: str,
+                 start_time: int | None = None) -> CellRun:
+        """The child run of the cell `cell_id` under `parent_id` (as `sweep_run` returned,
+        from this tracker or another), created or reused; `start_time` in ms since the epoch."""
+
+    def finish_sweep(self, parent_id: str, status: str = "FINISHED") -> None:
+        """Mark the sweep's parent run as ended."""
 
 
 def default_uri(out: str | Path) -> str:
@@ -53,6 +84,7 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self._mlflow = mlflow
+        self._resolved: dict[str, str] = {}  # offline sweep run id -> MLflow run id
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
@@ -63,9 +95,14 @@ class MlflowTracker:
             # cwd is; keep them beside the database instead.
             location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
             try:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+                exp = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = exp.experiment_id
+        if exp is not None and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def _find(self, tag: str, value: str, parent: str | None = None):
         query = f"tags.`{tag}` = '{value}'"
@@ -82,19 +119,39 @@ class MlflowTracker:
             _MlflowCellRun(self.client, run.info.run_id, self._mlflow).log_params(params)
         return run.info.run_id
 
-    def cell_run(self, parent_id: str | None, name: str, cell_id: str) -> CellRun:
+    def _parent(self, parent_id: str | None) -> str | None:
+        if parent_id and parent_id.startswith(_OFFLINE_PARENT):  # the sweep run was recorded
+            if parent_id not in self._resolved:  # offline: the real one, by name
+                self._resolved[parent_id] = self.sweep_run(parent_id[len(_OFFLINE_PARENT):], {})
+            parent_id = self._resolved[parent_id]
+        return parent_id
+
+    def cell_status(self, parent_id: str | None, cell_id: str) -> str | None:
+        """The status of the cell's run (FINISHED, RUNNING, ...), None when there is none."""
+        run = self._find(CELL_TAG, cell_id, self._parent(parent_id))
+        return run.info.status if run else None
+
+    def cell_run(self, parent_id: str | None, name: str, cell_id: str,
+                 start_time: int | None = None) -> CellRun:
+        parent_id = self._parent(parent_id)
         run = self._find(CELL_TAG, cell_id, parent_id)
+        if run is not None and start_time is not None:
+            # a replay of a whole record: a half-logged earlier attempt is replaced, so that
+            # its points are not logged twice
+            self.client.delete_run(run.info.run_id)
+            run = None
         if run is None:
             tags = {CELL_TAG: cell_id}
             if parent_id:
                 tags[PARENT_TAG] = parent_id
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags,
+                                         start_time=start_time)
         else:
             self.client.update_run(run.info.run_id, status="RUNNING")
         return _MlflowCellRun(self.client, run.info.run_id, self._mlflow)
 
     def finish_sweep(self, parent_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(parent_id, status)
+        self.client.set_terminated(self._parent(parent_id), status)
 
 
 class _MlflowCellRun:
@@ -134,8 +191,8 @@ class _MlflowCellRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+    def finish(self, status: str = "FINISHED", end_time: int | None = None) -> None:
+        self.client.set_terminated(self.run_id, status, end_time=end_time)
 
 
 # --------------------------------------------------------------------- recording / offline
@@ -164,13 +221,18 @@ class RecordingTracker:
         return run_id
 
     def sweep_run(self, name: str, params: dict) -> str:
-        run_id = self._run(f"sweep:{name}", name, {SWEEP_TAG: name})
+        run_id = self._run(f"{_OFFLINE_PARENT}{name}", name, {SWEEP_TAG: name})
         _RecordedRun(self, run_id).log_params(params)
         return run_id
 
-    def cell_run(self, parent_id: str | None, name: str, cell_id: str) -> CellRun:
+    def cell_run(self, parent_id: str | None, name: str, cell_id: str,
+                 start_time: int | None = None) -> CellRun:
         tags = {CELL_TAG: cell_id, **({PARENT_TAG: parent_id} if parent_id else {})}
-        return _RecordedRun(self, self._run(f"cell:{cell_id}", name, tags))
+        run = _RecordedRun(self, self._run(f"cell:{cell_id}", name, tags))
+        if start_time is not None:
+            run.record["start_time"] = int(start_time)
+            self._save()
+        return run
 
     def finish_sweep(self, parent_id: str, status: str = "FINISHED") -> None:
         self.runs[parent_id]["status"] = status
@@ -199,8 +261,10 @@ class _RecordedRun:
         self.record["artifacts"][artifact_file] = text
         self.tracker._save()
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", end_time: int | None = None) -> None:
         self.record["status"] = status
+        if end_time is not None:
+            self.record["end_time"] = int(end_time)
         self.tracker._save()
 
 
@@ -210,7 +274,8 @@ def offline_dir(out: str | Path) -> Path:
     return Path(out) / "tracking-offline"
 
 
-def open_tracker(uri: str, experiment: str, out: str | Path, offline_name: str = "submit"):
+def open_tracker(uri: str, experiment: str, out: str | Path,
+                 offline_name: str = "submit") -> Tracker:
     """MLflow at `uri`; if it cannot be reached, a RecordingTracker writing
     `<out>/tracking-offline/<offline_name>.json` (replayed by `sync_offline`)."""
     try:
@@ -232,31 +297,163 @@ def _check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise OSError(f"{uri}/health answered {r.status}")
 
 
+def offline_records(out: str | Path) -> list[Path]:
+    """The offline record files under `out` not synced yet, in name order."""
+    return sorted(offline_dir(out).glob("*.json"))
+
+
+class OfflineRecordError(ValueError):
+    """An offline record file that is not what `RecordingTracker` writes."""
+
+
 def sync_offline(out: str | Path, uri: str, experiment: str) -> int:
     """Replay every offline record under `<out>/tracking-offline/` into MLflow at `uri`;
-    each synced file is renamed `*.synced`. Returns the number of runs replayed."""
+    each synced file is renamed `*.synced`. Returns the number of runs replayed. A file
+    that is not a record raises OfflineRecordError naming it (files before it stay synced)."""
     tracker = MlflowTracker(uri, experiment, artifact_root=Path(out) / "mlartifacts")
     count = 0
-    for path in sorted(offline_dir(out).glob("*.json")):
-        runs = json.loads(path.read_text())
-        sweeps = {rid: r for rid, r in runs.items() if SWEEP_TAG in r["tags"]}
-        parent_ids = {rid: tracker.sweep_run(r["name"], r["params"]) for rid, r in sweeps.items()}
-        for rid, r in runs.items():
-            if rid in sweeps:
-                continue
-            parent = r["tags"].get(PARENT_TAG)
-            if parent and parent.startswith("sweep:") and parent not in parent_ids:
-                parent_ids[parent] = tracker.sweep_run(parent[len("sweep:"):], {})
-            run = tracker.cell_run(parent_ids.get(parent, parent), r["name"], r["tags"][CELL_TAG])
-            run.log_params(r["params"])
-            curves: dict[str, list] = {}
-            for key, value, step in r["metrics"]:
-                curves.setdefault(key, []).append((step, value))
-            for key, points in curves.items():
-                run.log_history(key, points)
-            for name, text in r["artifacts"].items():
-                run.log_text(text, name)
-            run.finish(r["status"] if r["status"] != "RUNNING" else "FAILED")
-            count += 1
+    for path in offline_records(out):
+        count += _replay(tracker, _read_record(path))
         path.rename(path.with_suffix(".json.synced"))
     return count
+
+
+def _read_record(path: Path) -> dict:
+    """A record file as `RecordingTracker` writes it, checked before anything is replayed."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:  # not `assert`: the check must hold under `python -O` too
+            raise TypeError(what)
+
+    try:
+        runs = json.loads(path.read_text())
+        need(isinstance(runs, dict), "not a mapping of runs")
+        for r in runs.values():
+            need(isinstance(r["name"], str) and r["status"] in _STATUSES, "name or status")
+            need(all(isinstance(r[k], dict) for k in ("tags", "params", "artifacts")),
+                 "tags, params or artifacts")
+            need(SWEEP_TAG in r["tags"] or isinstance(r["tags"][CELL_TAG], str), "cell id")
+            need(all(isinstance(r.get(k, 0), int) for k in ("start_time", "end_time")), "times")
+            for key, value, step in r["metrics"]:
+                need(isinstance(key, str) and isinstance(value, (int, float))
+                     and isinstance(step, int), "metric")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise OfflineRecordError(f"{path}: not an offline tracking record "
+                                 f"({type(e).__name__}: {e})") from None
+    return runs
+
+
+def _replay(tracker: MlflowTracker, runs: dict) -> int:
+    """Log one record file's runs (sweep runs first, so they get their params); returns the
+    number of cell runs."""
+    for r in runs.values():
+        if SWEEP_TAG in r["tags"]:
+            tracker.sweep_run(r["name"], r["params"])
+    count = 0
+    for r in runs.values():
+        if SWEEP_TAG in r["tags"]:
+            continue
+        parent, cell_id = r["tags"].get(PARENT_TAG), r["tags"][CELL_TAG]
+        if tracker.cell_status(parent, cell_id) == "FINISHED":
+            continue  # logged before, by a publish or replay that was cut off before its rename
+        run = tracker.cell_run(parent, r["name"], cell_id, start_time=r.get("start_time", 0))
+        run.log_params(r["params"])
+        curves: dict[str, list] = {}
+        for key, value, step in r["metrics"]:
+            curves.setdefault(key, []).append((step, value))
+        for key, points in curves.items():
+            run.log_history(key, points)
+        for name, text in r["artifacts"].items():
+            run.log_text(text, name)
+        run.finish(r["status"] if r["status"] != "RUNNING" else "FAILED", r.get("end_time"))
+        count += 1
+    return count
+
+
+def record_cell(out: str | Path, parent: str | None, name: str, cell_id: str, params: dict,
+                artifacts: dict[str, str], history: dict[str, list[tuple[int, float]]],
+                metrics: dict[str, float], start_time: float, end_time: float) -> Path:
+    """Write a finished cell's whole run as an offline record (replacing an older one of the
+    same cell); returns its path. Times in seconds since the epoch. Call it before the
+    cell's completion marker: then no done cell is ever without its run."""
+    path = offline_dir(out) / f"{name.replace('/', '__')}.json"
+    path.unlink(missing_ok=True)  # a record of an earlier, unfinished attempt
+    run = RecordingTracker(path).cell_run(parent, name, cell_id, start_time=int(start_time * 1000))
+    run.log_params(params)
+    for file, text in artifacts.items():
+        run.log_text(text, file)
+    for key, points in history.items():
+        run.log_history(key, points)
+    run.log_metrics(metrics)
+    run.finish("FINISHED", end_time=int(end_time * 1000))
+    return path
+
+
+def publish_record(uri: str, experiment: str, out: str | Path, path: Path) -> bool:
+    """Log one offline record to MLflow at `uri` and mark it synced; False (with a line on
+    stdout) when the server cannot be reached or fails: the record stays for a replay."""
+    try:
+        if uri.startswith(("http://", "https://")):
+            _check_reachable(uri)
+        tracker = MlflowTracker(uri, experiment, artifact_root=Path(out) / "mlartifacts")
+        _replay(tracker, _read_record(path))
+    except Exception as e:  # noqa: BLE001 - tracking must never fail a finished cell
+        print(f"tracking not reached ({type(e).__name__}: {str(e)[:200]}); the record "
+              f"{path} is kept for `hpc/sync_tracking.py` or the next submit", flush=True)
+        return False
+    path.rename(path.with_suffix(".json.synced"))
+    return True
+
+
+def replay_done(uri: str, experiment: str, out: str | Path, is_done) -> int:
+    """Publish the unsynced offline records of done cells (`is_done(cell_id) -> bool`) and
+    of sweep runs; records of cells not done (killed before their marker) are left for the
+    cell's re-run to replace. Returns the number of records published."""
+    count = 0
+    for path in offline_records(out):
+        try:
+            runs = _read_record(path)
+        except OfflineRecordError:
+            continue  # `hpc/sync_tracking.py` names it; a driver must not stop for it
+        cells = [r["tags"][CELL_TAG] for r in runs.values() if SWEEP_TAG not in r["tags"]]
+        if all(is_done(c) for c in cells) and publish_record(uri, experiment, out, path):
+            count += 1
+    return count
+
+
+def finish_sweep_run(uri: str, experiment: str, out: str | Path, parent: str | None,
+                     status: str, metrics: dict[str, float],
+                     artifacts: dict[str, Path] | None = None) -> bool:
+    """End the sweep's parent run with `status` (FINISHED, FAILED, KILLED), its sweep-level
+    metrics and artifact files; False (with a line) when tracking cannot be reached."""
+    if not parent:
+        return False
+    try:
+        if uri.startswith(("http://", "https://")):
+            _check_reachable(uri)
+        tracker = MlflowTracker(uri, experiment, artifact_root=Path(out) / "mlartifacts")
+        run_id = tracker._parent(parent)
+        _MlflowCellRun(tracker.client, run_id, tracker._mlflow).log_metrics(metrics)
+        for path in (artifacts or {}).values():
+            if Path(path).is_file():
+                tracker.client.log_artifact(run_id, str(path))
+        tracker.finish_sweep(run_id, status)
+    except Exception as e:  # noqa: BLE001 - a finished sweep must not fail for its tracking
+        print(f"could not end the sweep's MLflow run ({type(e).__name__}: {str(e)[:200]})",
+              flush=True)
+        return False
+    return True
+
+
+def log_cell(uri: str, experiment: str, out: str | Path, parent: str | None, name: str,
+             cell_id: str, params: dict, artifacts: dict[str, str],
+             history: dict[str, list[tuple[int, float]]], metrics: dict[str, float],
+             start_time: float | None = None, end_time: float | None = None) -> bool:
+    """`record_cell` then `publish_record`: one child run for a finished cell, kept offline
+    under `out` when MLflow cannot be reached (replayed later). True when logged online."""
+    import time
+
+    now = time.time()
+    path = record_cell(out, parent, name, cell_id, params, artifacts, history, metrics,
+                       start_time if start_time is not None else now,
+                       end_time if end_time is not None else now)
+    return publish_record(uri, experiment, out, path)

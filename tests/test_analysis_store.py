@@ -8,17 +8,14 @@ import pytest
 import xarray as xr
 from scipy import stats as sps
 
+from s2l import store
 from s2l.analysis import crossscale, load, pipeline, synthetic
 
 NOT_DONE = [(0, 1, 0), (0, 2, 0), (0, 2, 1), (3, 4, 1), (3, 5, 0), (3, 5, 1), (1, 0, 1)]
 
 
 def write(tmp_path, ds, name="s.zarr", chunk=None):
-    path = tmp_path / name
-    if chunk:
-        ds = ds.chunk({"scale": 1, "mixture": 1, "seed": 1, "sample": chunk})
-    ds.to_zarr(path, mode="w", consolidated=False)
-    return path
+    return store.write_dataset(tmp_path / name, ds, sample_chunk=chunk)
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +139,10 @@ def test_done_flag_false_hides_written_data(tmp_path):
 def test_store_from_another_tool_without_done_or_correct(tmp_path):
     ds = synthetic.synthetic_dataset(n_scales=3, n_mixtures=8, n_seeds=2, n_per_test_set=10,
                                      not_done=[(0, 3, 0)])
-    other = ds.drop_vars(["done", "correct"])
+    other = ds.drop_vars(["done", "correct", "weight"])
     other.attrs = {}
-    a = pipeline.analyze(write(tmp_path, other), n_boot=50)
+    other.to_zarr(tmp_path / "other.zarr", consolidated=False)  # xarray's defaults, no s2l
+    a = pipeline.analyze(tmp_path / "other.zarr", n_boot=50)
     assert a.missing == [("s0", "mix03", 0)]  # derived from all-NaN loss
     assert a.mc_sets == [] and set(a.decision.metric) == {"loss"}
     figs = pipeline.make_figures(a)
@@ -171,3 +169,20 @@ def test_reference_errors(partial, tmp_path):
     bad.to_zarr(tmp_path / "bad.zarr", consolidated=False)
     with pytest.raises(load.StoreError, match="no data variable `loss`"):
         pipeline.analyze(tmp_path / "bad.zarr")
+
+
+def test_synthetic_store_on_disk_is_the_dataset_in_memory(tmp_path):
+    """write_synthetic_store (through s2l.store, slab by slab) stores exactly the dataset
+    synthetic_dataset builds in memory: bit-identical losses, same flags and coordinates."""
+    kw = dict(not_done=[(1, 2, 0), (2, 0, 1)])
+    path = synthetic.write_synthetic_store(tmp_path / "s.zarr", 3, 4, 2, 6, **kw)
+    want = synthetic.synthetic_dataset(3, 4, 2, 6, **kw)
+    got = xr.open_zarr(path, consolidated=False)
+    for v in ("loss", "correct"):
+        assert got[v].encoding["chunks"] == (1, 1, 1, 30)
+        np.testing.assert_array_equal(got[v].values.view(np.uint32), want[v].values.view(np.uint32))
+    assert got["done"].values.tolist() == want["done"].values.tolist()
+    np.testing.assert_array_equal(got["weight"].values, want["weight"].values)
+    for c in ("scale", "mixture", "seed", "sample", "test_set", "params", "flops", "domain"):
+        assert got[c].values.tolist() == want[c].values.tolist(), c
+    assert got.attrs["chance"] == {"choice": 0.25}

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from s2l.tracking import (CELL_TAG, PARENT_TAG, MlflowTracker, RecordingTracker, open_tracker,
+from conftest import run_cli
+from s2l.tracking import (CELL_TAG, PARENT_TAG, MlflowTracker, OfflineRecordError,
+                          RecordingTracker, Tracker, log_cell, offline_records, open_tracker,
                           sync_offline)
 
 pytestmark = pytest.mark.mlflow_server
@@ -56,3 +58,42 @@ def test_unreachable_server_falls_back_offline_then_syncs(mlflow_server, tmp_pat
     parent_run = client.get_run(runs[0].data.tags[PARENT_TAG])
     assert parent_run.info.run_name == "sweep-off"
     assert sync_offline(tmp_path, mlflow_server, "exp-offline") == 0  # nothing twice
+
+
+def test_log_cell_resolves_an_offline_sweep_run_and_falls_back_offline(mlflow_server, tmp_path):
+    # submit could not reach the server: the sweep run exists only in an offline record
+    submit = RecordingTracker(tmp_path / "submit.json")
+    offline_parent = submit.sweep_run("sweep-late", {"cells": 2})
+    assert isinstance(submit, Tracker) and isinstance(MlflowTracker(mlflow_server, "e"), Tracker)
+    args = dict(params={"scale": "xs"}, artifacts={"cell.json": "{}"},
+                history={"train_loss": [(1, 4.0), (2, 3.5)]}, metrics={"loss.qa": 2.0})
+    log_cell(mlflow_server, "exp-late", tmp_path, offline_parent, "xs/u/0", "cell-a", **args)
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("exp-late")
+    (cell,) = client.search_runs([exp.experiment_id], f"tags.`{CELL_TAG}` = 'cell-a'")
+    parent = client.get_run(cell.data.tags[PARENT_TAG])
+    assert parent.info.run_name == "sweep-late"  # the placeholder became the real sweep run
+    history = client.get_metric_history(cell.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 4.0), (2, 3.5)]
+
+    # the server goes away: the next cell is kept offline, then replayed under the same sweep
+    log_cell("http://127.0.0.1:9", "exp-late", tmp_path, offline_parent, "xs/u/1", "cell-b", **args)
+    assert [p.name for p in offline_records(tmp_path)] == ["xs__u__1.json"]
+    assert sync_offline(tmp_path, mlflow_server, "exp-late") == 1
+    (cell_b,) = client.search_runs([exp.experiment_id], f"tags.`{CELL_TAG}` = 'cell-b'")
+    assert cell_b.data.tags[PARENT_TAG] == parent.info.run_id
+    assert cell_b.data.params == {"scale": "xs"} and cell_b.data.metrics["loss.qa"] == 2.0
+    assert offline_records(tmp_path) == []
+
+
+def test_a_file_that_is_not_a_record_is_named(mlflow_server, tmp_path):
+    (tmp_path / "tracking-offline").mkdir()
+    (tmp_path / "tracking-offline" / "bad.json").write_text('{"x": {"name": 1}}')
+    with pytest.raises(OfflineRecordError, match=r"bad.json: not an offline tracking record"):
+        sync_offline(tmp_path, mlflow_server, "exp-bad")
+    assert [p.name for p in offline_records(tmp_path)] == ["bad.json"]  # kept for a look
+
+
+def test_sync_cli_without_a_sweep_exits_2(tmp_path):
+    res = run_cli("hpc/sync_tracking.py", str(tmp_path), timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "does not exist" in res.stderr

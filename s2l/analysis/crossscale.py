@@ -14,6 +14,7 @@ import xarray as xr
 
 from s2l.analysis import stats
 from s2l.analysis.load import Reduced, StoreError
+from s2l.config import shown
 
 DEFAULT_CHANCE = 0.25  # 4-way multiple choice, used when the store's attrs give no chance level
 
@@ -56,10 +57,18 @@ def chance_levels(attrs: dict, test_sets: list[str]) -> tuple[dict, list[str]]:
     """Chance accuracy per MC test set from attrs["chance"], else DEFAULT_CHANCE; plus notes
     naming the test sets that fell back to the default."""
     given = attrs.get("chance", {}) or {}
+    if not isinstance(given, dict):
+        raise StoreError("store attribute `chance` must map test set names to chance "
+                         f"accuracies, found {shown(given)}")
     out, notes = {}, []
     for t in test_sets:
         if t in given:
-            out[t] = float(given[t])
+            value = given[t]
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 <= value <= 1):  # NaN fails this too
+                raise StoreError(f"store attribute `chance.{t}` must be a number in [0, 1], "
+                                 f"found {shown(value)}")
+            out[t] = float(value)
         else:
             out[t] = DEFAULT_CHANCE
             notes.append(f"chance accuracy for {t} not in store attrs; assumed {DEFAULT_CHANCE}")

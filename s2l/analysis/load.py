@@ -1,63 +1,41 @@
 """Reading a loss store for analysis: schema checks, done-cell masking, chunked reductions.
 
-The store (DESIGN.md) holds `loss` with dims (scale, mixture, seed, sample), NaN where a cell is
-not done, `test_set` along sample, `flops`/`params` along scale, `done` over (scale, mixture,
-seed) and optionally `correct` (1/0, NaN for non-multiple-choice samples).
+The store (schema and layout in `s2l.store`, which does every read from disk) holds `loss`
+with dims (scale, mixture, seed, sample), NaN where a cell is not done, `test_set` along
+sample, `flops`/`params` along scale, `done` over (scale, mixture, seed) and optionally
+`correct` (1/0, NaN for non-multiple-choice samples).
 
 `reduce_store` never loads the whole loss array: it walks tiles of one scale x a block of
 samples aligned to the store's chunks along `sample` (so each chunk is decompressed once), and
 holds at most two tiles (the reference's and one proxy's) at a time. From each tile it keeps
 only per-test-set sums and, when asked, per-sample R^2 against the reference.
+
+Every problem with the store itself (missing, not Zarr, off the schema, a chunk that cannot
+be decoded) and every impossible request (an unknown reference) is a `StoreError`: the CLIs
+print it as one line and exit 2.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from s2l import store
 from s2l.analysis import stats
+from s2l.config import shown
+from s2l.store import DIMS, StoreError, check_schema  # noqa: F401 - re-exported for callers
 
-DIMS = ("scale", "mixture", "seed", "sample")
 TILE_BYTES = 256 * 2**20  # one (mixture, seed, sample-block) tile of one scale, float32
 
 
-class StoreError(ValueError):
-    """The store, or what was asked of it, does not fit the schema. CLIs exit 2 on it."""
-
-
 def open_store(path: str | Path, dask: bool = False) -> xr.Dataset:
-    """Open a store lazily and check the parts of the schema analysis needs.
-
-    dask=False (default) gives xarray's lazily indexed arrays: a tile read goes straight to
-    zarr, which already fetches a tile's chunks concurrently. Measured on a 154 MB tile of 192
-    chunks: 0.65 s this way, 2.0 s through dask's graph. dask=True for dask-backed variables."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"store not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr v3 warns about unicode string coords
-            ds = xr.open_zarr(path, consolidated=False, chunks={} if dask else None)
-    except Exception as e:  # noqa: BLE001 - any failure here means "not a readable store"
-        raise StoreError(f"cannot open {path} as a Zarr store: {e}") from e
+    """Open a store lazily (`s2l.store.open_store`; dask=True for dask-backed variables) and
+    check the parts of the schema analysis needs. Raises StoreError."""
+    ds = store.open_store(path, dask=dask)
     check_schema(ds)
     return ds
-
-
-def check_schema(ds: xr.Dataset) -> None:
-    """Raise StoreError naming what is missing, if `ds` lacks what analysis reads."""
-    if "loss" not in ds.data_vars:
-        raise StoreError("store has no data variable `loss` (dims scale, mixture, seed, sample)")
-    if tuple(ds["loss"].dims) != DIMS:
-        raise StoreError(f"`loss` must have dims {DIMS}, found {tuple(ds['loss'].dims)}")
-    for name, dim in (("test_set", "sample"), ("flops", "scale")):
-        if name not in ds.coords or ds[name].dims != (dim,):
-            raise StoreError(f"store needs coordinate `{name}` along `{dim}`")
-    if "correct" in ds and tuple(ds["correct"].dims) != DIMS:
-        raise StoreError(f"`correct` must have dims {DIMS}, found {tuple(ds['correct'].dims)}")
 
 
 def as_str(values) -> np.ndarray:
@@ -76,7 +54,7 @@ def pick_reference(ds: xr.Dataset, reference: str | None = None) -> str:
     if reference is None:
         return names[int(np.argmax(ds["flops"].values))]
     if reference not in names:
-        raise StoreError(f"unknown reference scale {reference!r}; scales in this store: "
+        raise StoreError(f"unknown reference scale {shown(reference)}; scales in this store: "
                          + ", ".join(names))
     return reference
 
@@ -176,7 +154,7 @@ def reduce_store(ds: xr.Dataset, reference: str, per_sample: bool = True,
         onehot = np.eye(len(ts), dtype=np.float32)[codes[block]]  # (block, test_set)
         ref_mean = None
         for i in order:
-            tile = np.array(ds["loss"].isel(scale=i, sample=block).values, np.float32)
+            tile = np.array(store.read_values(ds["loss"].isel(scale=i, sample=block)), np.float32)
             if per_sample:  # before _sum_by_test_set zeroes the NaNs
                 mean = _seed_mean(tile)
                 if i == ref_i:
@@ -187,7 +165,8 @@ def reduce_store(ds: xr.Dataset, reference: str, per_sample: bool = True,
             sums[i] += s
             counts[i] += c
             if has_correct:
-                correct = np.array(ds["correct"].isel(scale=i, sample=block).values, np.float32)
+                correct = np.array(store.read_values(ds["correct"].isel(scale=i, sample=block)),
+                                   np.float32)
                 s, c = _sum_by_test_set(correct, onehot)
                 acc_sums[i] += s
                 acc_counts[i] += c
@@ -223,10 +202,11 @@ def load_pair_samples(ds: xr.Dataset, scales: list[str], mixtures: list[str]) ->
 
     Small by construction (used for the per-sample scatter), so a plain read is fine."""
     sub = ds["loss"].sel(scale=scales, mixture=mixtures)
+    values = np.array(store.read_values(sub), np.float32)  # (scale, mixture, seed, sample)
     if "done" in ds:
-        sub = sub.where(ds["done"].sel(scale=scales, mixture=mixtures))
-    sub = sub.load()
-    return xr.DataArray(_seed_mean(sub.values.reshape(-1, *sub.shape[2:]))
+        done = ds["done"].sel(scale=scales, mixture=mixtures).values.astype(bool)
+        values[~done] = np.nan
+    return xr.DataArray(_seed_mean(values.reshape(-1, *sub.shape[2:]))
                         .reshape(len(scales), len(mixtures), -1),
                         {"scale": scales, "mixture": mixtures,
                          "test_set": ("sample", as_str(ds["test_set"].values))},

@@ -95,6 +95,18 @@ def make_figures(a: Analysis) -> dict:
     return figs
 
 
+def check_out(store: str | Path, out: str | Path) -> None:
+    """Raise load.StoreError unless `out` is a usable output directory for `store`: not the
+    store itself nor inside it (analysis never writes into its input), and not an existing
+    file. Called before anything is read or written."""
+    store_dir, out_dir = Path(store).resolve(), Path(out).resolve()
+    if out_dir == store_dir or store_dir in out_dir.parents:
+        raise load.StoreError(f"--out {out} is inside the store {store}: analysis never "
+                              "writes into its input; choose a directory outside it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise load.StoreError(f"--out {out} exists and is not a directory")
+
+
 def write_outputs(a: Analysis, out: str | Path, dpi: int = 110) -> list[Path]:
     """Write correlation.csv, decision_accuracy.csv, missing_cells.csv (if partial) and the
     PNG figures to `out`; return the paths written."""

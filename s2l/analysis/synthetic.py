@@ -7,7 +7,9 @@ Model of one loss value (scale i, mixture m, seed k, sample s in test set t):
 
 `effect` and `u` are shared by all scales (the mixture moves every scale the same way);
 `z` is scale-specific, so proxy_noise_i (0 for the largest scale, growing as scales shrink)
-sets how well scale i predicts the reference. Written with xarray only (no zarr import).
+sets how well scale i predicts the reference. Mixture m's `weight` over two domains is
+(code, prose) = (m / (n - 1), 1 - m / (n - 1)), a label only: losses do not depend on it.
+Stores are written through `s2l.store`, in the layout a sweep's store has.
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from s2l import store
+
 TEST_SETS = ("heldout-code", "heldout-prose", "cloze", "choice", "qa")
+DOMAINS = ("code", "prose")
 
 
 def synthetic_dataset(n_scales: int = 4, n_mixtures: int = 10, n_seeds: int = 2,
@@ -63,50 +68,55 @@ def synthetic_dataset(n_scales: int = 4, n_mixtures: int = 10, n_seeds: int = 2,
     dims = ("scale", "mixture", "seed", "sample")
     ds = xr.Dataset(
         {"loss": (dims, loss), "correct": (dims, corr),
-         "done": (dims[:3], done)},
-        coords={"scale": names, "mixture": [f"mix{m:02d}" for m in range(n_mixtures)],
+         "done": (dims[:3], done), "weight": (("mixture", "domain"), _weights(n_mixtures))},
+        coords={"scale": _obj(names), "mixture": _obj(_mixture_names(n_mixtures)),
                 "seed": np.arange(n_seeds), "sample": np.arange(n_s),
-                "test_set": ("sample", ts), "params": ("scale", params[list(wanted)]),
-                "flops": ("scale", flops[list(wanted)])})
+                "domain": _obj(DOMAINS), "test_set": ("sample", _obj(ts)),
+                "params": ("scale", params[list(wanted)]), "flops": ("scale", flops[list(wanted)])})
     ds.attrs["chance"] = {t: 0.25 for t in mc_sets}
     return ds
 
 
 def write_synthetic_store(path: str | Path, n_scales: int, n_mixtures: int, n_seeds: int,
-                          n_per_test_set: int, sample_chunk: int | None = None,
-                          **kwargs) -> Path:
-    """Write a synthetic store to disk slab by slab (one scale at a time), chunked 1 along
-    scale/mixture/seed like the real store, so big stores never sit in memory whole."""
+                          n_per_test_set: int, **kwargs) -> Path:
+    """Write a synthetic store to disk through `s2l.store` (created with full coordinates,
+    then one scale at a time, whole chunks), so big stores never sit in memory whole.
+    `kwargs` go to `synthetic_dataset`. Over an existing store the same way a sweep's
+    store is updated (`store.create_store`: kept, or migrated with a backup)."""
     path = Path(path)
     first = synthetic_dataset(n_scales, n_mixtures, n_seeds, n_per_test_set,
                               scale_index=0, **kwargs)
-    n_s = first.sizes["sample"]
-    chunks = {"scale": 1, "mixture": 1, "seed": 1, "sample": sample_chunk or n_s}
     scales, params, flops = _scale_coords(n_scales)
-    template = xr.Dataset(
-        {v: (first[v].dims, _lazy((n_scales,) + first[v].shape[1:], first[v].dtype,
-                                  tuple(chunks[d] for d in first[v].dims)))
-         for v in ("loss", "correct", "done")},
-        coords={**{k: first[k] for k in ("mixture", "seed", "sample", "test_set")},
-                "scale": scales, "params": ("scale", params), "flops": ("scale", flops)},
-        attrs=first.attrs)
-    template.to_zarr(path, mode="w", compute=False, consolidated=False)
+    layout = store.StoreLayout(
+        scales=scales, params=params.tolist(), flops=flops.tolist(),
+        mixtures=_mixture_names(n_mixtures), seeds=list(range(n_seeds)), domains=list(DOMAINS),
+        weights=_weights(n_mixtures), test_set=first["test_set"].values.tolist(),
+        multiple_choice=True, cell_ids={}, attrs=dict(first.attrs))
+    store.create_store(path, layout)
     for i in range(n_scales):
         slab = first if i == 0 else synthetic_dataset(
             n_scales, n_mixtures, n_seeds, n_per_test_set, scale_index=i, **kwargs)
-        slab = slab.drop_vars(["test_set", "params", "flops", "mixture", "seed", "sample",
-                               "scale"])
-        slab.chunk({k: v for k, v in chunks.items()}).to_zarr(
-            path, region={"scale": slice(i, i + 1)}, consolidated=False)
+        store.write_scale(path, scales[i], slab["loss"].values[0], slab["correct"].values[0],
+                          slab["done"].values[0])
     return path
+
+
+def _obj(names) -> np.ndarray:
+    """Strings as an object array: what the store writes as variable-length strings."""
+    return np.array(list(names), dtype=object)
+
+
+def _mixture_names(n_mixtures: int) -> list[str]:
+    return [f"mix{m:02d}" for m in range(n_mixtures)]
+
+
+def _weights(n_mixtures: int) -> np.ndarray:
+    """(mixture, domain) float64: the code share rises from 0 to 1 across mixtures."""
+    code = np.linspace(0.0, 1.0, n_mixtures) if n_mixtures > 1 else np.array([0.5])
+    return np.stack([code, 1.0 - code], axis=1)
 
 
 def _scale_coords(n_scales: int):
     """Names s0 (smallest) .. s{n-1}, params 1e5 * 10**i, Chinchilla FLOPs 6 * N * 20N."""
     params = np.array([10 ** (5 + i) for i in range(n_scales)], np.int64)
     return [f"s{i}" for i in range(n_scales)], params, 6.0 * params * 20 * params
-
-
-def _lazy(shape, dtype, chunks):
-    import dask.array as da
-    return da.zeros(shape, dtype=dtype, chunks=chunks)
