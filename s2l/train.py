@@ -9,6 +9,15 @@ Runs on CPU or one CUDA device, in bf16 autocast when asked (`precision`), and u
 torch.distributed (DDP) when launched with WORLD_SIZE > 1 (torchrun-style env vars, set by
 `hpc/` from the Slurm job): every rank computes the same global batch indices and takes its
 own rows, rank 0 alone writes checkpoints.
+
+Two guards keep a bad run from becoming a result or a stuck cell:
+- divergence: a non-finite training loss stops training at that step, and a log window whose
+  mean loss rises above `train.diverge_factor` x the best window so far and above a uniform
+  guess (ln V) fails the cell (`Diverged`, with the step and the losses seen), instead of
+  training on to the end;
+- checkpoints: the last two are kept (`ckpt.pt`, `ckpt.prev.pt`); one that cannot be read
+  (truncated by a full disk, say) falls back to the previous one, else to a fresh start, with
+  a warning line. A resumed run sees the same batches, so either way the result is the same.
 """
 from __future__ import annotations
 
@@ -67,6 +76,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=fused or None)
 
 
+class Diverged(RuntimeError):
+    """Training diverged: the message says at which step and what loss was seen."""
+
+
 class Distributed:
     """torch.distributed from torchrun-style env vars; a no-op for a single process."""
 
@@ -103,12 +116,55 @@ class Distributed:
             torch.distributed.barrier()
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, history: list) -> None:
-    """Atomic write (tmp + rename): a kill during the save never leaves a corrupt file."""
+def previous(path: Path) -> Path:
+    """Where the checkpoint before `path` is kept (`ckpt.pt` -> `ckpt.prev.pt`)."""
+    return path.with_suffix(".prev" + path.suffix)
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, history: list,
+                    window: list | None = None) -> None:
+    """Atomic write (tmp + rename): a kill during the save never leaves a corrupt file; the
+    checkpoint it replaces is kept as `previous(path)`. A failed write (disk full) leaves no
+    temporary file behind and raises OSError naming the path."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "history": history}, tmp)
+    try:
+        # `window`: losses of the log window in progress, so that a checkpoint between two
+        # log steps resumes to the same loss curve, not only the same weights.
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "history": history,
+                    "window": [float(x) for x in (window or [])]}, tmp)
+    except (OSError, RuntimeError) as e:  # torch wraps a failed write in RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write checkpoint {tmp}: {e}") from e
+    if path.exists():
+        os.replace(path, previous(path))
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """The newest readable checkpoint of `path` and `previous(path)`, or None (start fresh).
+
+    Unreadable files are reported on stdout and left where they are (the next save replaces
+    them): a corrupt checkpoint must neither block its cell nor be resumed silently."""
+    for candidate in (path, previous(path)):
+        if not candidate.exists():
+            continue
+        try:
+            state = torch.load(candidate, map_location=device, weights_only=False)
+            if not all(k in state for k in ("model", "optimizer", "step", "history")):
+                raise ValueError("missing keys")
+            return state
+        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back, say so
+            print(f"[s2l] warning: checkpoint {candidate} is unreadable ({type(e).__name__}: "
+                  f"{str(e)[:200]}); trying an older one", flush=True)
+    if path.exists() or previous(path).exists():
+        print("[s2l] warning: no readable checkpoint; training from scratch", flush=True)
+    return None
+
+
+def discard_checkpoints(path: Path) -> None:
+    for p in (path, previous(path), path.with_suffix(".tmp")):
+        p.unlink(missing_ok=True)
 
 
 def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_steps: int,
@@ -128,11 +184,13 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     start, history = 0, []
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+    state = load_checkpoint(checkpoint, device) if checkpoint is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
+        resumed_window = [torch.tensor(x, dtype=torch.float32, device=device)
+                          for x in state.get("window", [])]
         if dist.is_main:
             print(f"[s2l] resumed from {checkpoint} at step {start}/{total_steps}", flush=True)
     net = dist.wrap(model, device)
@@ -140,7 +198,8 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
         net = torch.compile(net)
     net.train()
 
-    window, t_last, tokens_window, t_ckpt = [], time.perf_counter(), 0, time.monotonic()
+    window = resumed_window if state is not None else []
+    t_last, tokens_window, t_ckpt = time.perf_counter(), 0, time.monotonic()
     for step in range(start, total_steps):
         batch = torch.from_numpy(dist.shard(batch_fn(step))).to(device, non_blocking=True)
         inputs, targets = batch[:, :-1], batch[:, 1:]
@@ -150,6 +209,8 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
             logits = net(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        if not torch.isfinite(loss):  # one sync per step: free on CPU, cheap next to a step
+            raise Diverged(f"training loss is {loss.item()} at step {step + 1}/{total_steps}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -164,6 +225,13 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
             mean = dist.mean(torch.stack(window).float().mean().item())
             now = time.perf_counter()
             history.append((done, mean))
+            # Diverged: far above its best AND worse than a uniform guess over the vocabulary
+            # (ln V); the second condition keeps near-zero losses' noise from tripping it.
+            best, uniform = min(m for _, m in history), math.log(logits.size(-1))
+            if mean > max(cfg.diverge_factor * best, uniform):
+                raise Diverged(f"training loss rose to {mean:.4g} at step {done}/{total_steps}: "
+                               f"{mean / best:.1f}x its best {best:.4g} (train.diverge_factor "
+                               f"{cfg.diverge_factor}) and above ln V = {uniform:.3g}")
             if on_log and dist.is_main:
                 on_log(done, mean, tokens_window / max(now - t_last, 1e-9))
             window, t_last, tokens_window = [], now, 0
@@ -172,7 +240,7 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
             done % cfg.log_every == 0 and time.monotonic() - t_ckpt > CHECKPOINT_EVERY_S)
         if checkpoint is not None and due and done < total_steps:
             if dist.is_main:
-                save_checkpoint(checkpoint, model, optimizer, done, history)
+                save_checkpoint(checkpoint, model, optimizer, done, history, window)
             t_ckpt = time.monotonic()
     dist.barrier()
     return history

@@ -125,3 +125,72 @@ def test_sample_metrics_against_a_loop():
     np.testing.assert_allclose(loss, np.float32([rl[0], rl[3], rl[5], rl[6]]))
     assert np.isnan(correct[0]) and np.isnan(correct[2])
     assert correct[1] == 1.0 and correct[3] == 0.0
+
+
+def test_non_finite_loss_stops_training_at_once():
+    from s2l.train import Diverged
+
+    torch.set_num_threads(1)
+    seen = []
+
+    def counting(step):
+        seen.append(step)
+        return batches(0)(step)
+
+    model = tiny()
+    with torch.no_grad():  # a NaN weight makes every loss NaN from the first step
+        model.transformer.wte.weight[0, 0] = float("nan")
+    with pytest.raises(Diverged, match=r"step 1/50"):
+        train(model, counting, 50, CFG)
+    assert seen == [0]
+
+
+def test_loss_rising_far_above_its_best_fails_the_run():
+    from s2l.train import Diverged
+
+    torch.set_num_threads(1)
+    fixed = lambda step: np.tile(np.arange(SEQ + 1) % 7, (8, 1))
+    cfg = TrainConfig(batch_size=8, lr=30.0, log_every=2, warmup_frac=0.2, grad_clip=0.0)
+    seen = []
+
+    def counting(step):
+        seen.append(step)
+        return fixed(step)
+
+    with pytest.raises(Diverged, match=r"training loss (rose to|is nan)"):
+        train(tiny(), counting, 200, cfg)
+    assert len(seen) < 200  # stopped, not trained to the end
+    # the same recipe at a sane lr trains to the end
+    assert len(train(tiny(), fixed, 30, CFG)) == 15
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+    torch.set_num_threads(1)
+    ref = tiny()
+    ref_hist = train(ref, batches(1), 10, CFG)
+
+    class Killed(Exception):
+        pass
+
+    def dies_at_7(step):
+        if step == 7:
+            raise Killed
+        return batches(1)(step)
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        train(tiny(), dies_at_7, 10, CFG, checkpoint=ckpt)
+    prev = tmp_path / "ckpt.prev.pt"
+    assert torch.load(prev, weights_only=False)["step"] == 3  # the one before step 6's
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a full disk
+    resumed = tiny(seed=123)
+    assert train(resumed, batches(1), 10, CFG, checkpoint=ckpt) == ref_hist
+    assert "unreadable" in capfd.readouterr().out
+    for pa, pb in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(pa, pb)
+    # both unreadable: a fresh start (with a warning), same result again
+    ckpt.write_bytes(b"garbage")
+    prev.write_bytes(b"garbage")
+    again = tiny()
+    assert train(again, batches(1), 10, CFG, checkpoint=ckpt) == ref_hist
+    assert "from scratch" in capfd.readouterr().out
