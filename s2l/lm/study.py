@@ -88,6 +88,7 @@ class CellTask(Task):
         from s2l.model import build_model
         from s2l.train import Distributed, Diverged, discard_checkpoints, train
 
+        started = time.time()
         torch.set_flush_denormal(True)  # denormals from peaked softmaxes cost 2x at 20M on CPU
         dist = Distributed()
         cell, cfg = self.cell, self.cell.sweep
@@ -123,16 +124,23 @@ class CellTask(Task):
         loss_store.write_cell(self.out / "losses.zarr", cell.scale.name, cell.mixture.name,
                               cell.seed, loss, correct)
         summary = _per_test_set(data.test, loss, correct)
-        # Kept for publish(), which runs after the runner has written the marker.
-        self._results = (history, {**summary, "train_seconds": train_s})
+        # The whole MLflow run is made durable as an offline record BEFORE the runner writes
+        # the marker: no done cell is ever without its run (publish() then logs it online).
+        self._record = self._record_run(history, {**summary, "train_seconds": train_s},
+                                        started, time.time())
         discard_checkpoints(ckpt)  # done cells keep their losses, not their optimizer state
         return summary
 
     def publish(self) -> None:
-        """One MLflow child run for the cell (params, config artifact, loss curve, results),
-        logged once the results are safely in the store; offline when MLflow is unreachable."""
+        """Log the cell's run to MLflow, after its marker; a record that cannot be logged now
+        stays offline and is replayed by the next submit or `hpc/status.py`."""
+        tracking.publish_record(self.tracking_uri, self.experiment, self.out, self._record)
+
+    def _record_run(self, history: list[tuple[int, float]], metrics: dict[str, float],
+                    started: float, ended: float) -> Path:
+        """The cell's child run (params, config artifact, loss curve, results, real start and
+        end times) written as an offline record; returns its path."""
         cell = self.cell
-        history, metrics = self._results
         params = {"scale": cell.scale.name, "params": cell.scale.params, "tokens": cell.scale.tokens,
                   "flops": f"{cell.scale.flops:.4g}", "mixture": cell.mixture.name,
                   "seed": cell.seed, "cell_id": cell.id, "code_version": code_version(),
@@ -141,9 +149,9 @@ class CellTask(Task):
                   **{f"weight.{d}": round(w, 6) for d, w in cell.mixture.weights}}
         cell_json = json.dumps({"key": cell.key, **cell.identity(), "id": cell.id}, indent=2)
         (self.dir / "cell.json").write_text(cell_json)
-        tracking.log_cell(self.tracking_uri, self.experiment, self.out, self.parent_run, cell.key,
-                          cell.id, params, {"cell.json": cell_json}, {"train_loss": history},
-                          metrics)
+        return tracking.record_cell(self.out, self.parent_run, cell.key, cell.id, params,
+                                    {"cell.json": cell_json}, {"train_loss": history}, metrics,
+                                    started, ended)
 
 
 def _check_checkpoint_owner(cell_dir: Path, cell_id: str, ckpt: Path) -> None:
