@@ -59,7 +59,7 @@ def pick_device() -> torch.device:
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on CUDA by default ("auto"); on CPU only when asked ("bf16"): it pays
-    off there only from ~5M parameters (DESIGN.md measurements)."""
+    off there only from ~5M parameters (docs/architecture.md, measured choices)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()

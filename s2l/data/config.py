@@ -45,7 +45,7 @@ FILE_FORMATS = ("json", "text", "csv", "parquet")
 SYNTHETIC_KINDS = ("heldout", "cloze", "choice", "qa")
 REAL_KINDS = ("lambada", "hellaswag", "squad", "trivia_qa")
 
-# The embedded default: 7 clearly different kinds of text, all installed offline (see DESIGN.md).
+# The embedded default: 7 clearly different kinds of text, all installed offline (see docs/science.md).
 DEFAULT_DOMAINS = {
     "code": {"source": "builtin", "name": "python"},
     "dictionary": {"source": "builtin", "name": "gcide"},
