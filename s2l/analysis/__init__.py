@@ -9,5 +9,11 @@ Layers, each usable alone:
 - `figures`: matplotlib figures from the tables; `report`: the HTML report;
   `pipeline`: store -> tables -> files; `cli`: what the CLIs in `analysis/` share;
   `summary`: the short terminal text and figure the main job prints at the end.
+- `mixreg`: mixture regression (loss = f(weights), ridge vs boosted trees by k-fold CV) and the
+  constrained search for the best mixture; `proposal`: store -> mixreg.csv, proposal.json and
+  the sweep file that tests the proposal.
+- `planner`: the cheapest proxy scale reaching a decision-accuracy target with a stated
+  probability (bootstrap over mixtures and seeds, a monotone curve in log-compute), else what
+  the next sweep should add; leave-one-scale-out back-test.
 - `synthetic`: stores with known structure for tests and benchmarks.
 """

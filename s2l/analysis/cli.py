@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from s2l.analysis import pipeline
+from s2l.analysis import pipeline, stats
 from s2l.analysis.load import StoreError
 
 MAX_BOOT = 100_000  # n_boot x mixtures indices are held at once
@@ -30,10 +30,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("store", help="path to losses.zarr (read only)")
     ap.add_argument("--reference", help="reference scale (default: the one with most FLOPs)")
     ap.add_argument("--out", required=True, help="output directory, outside the store")
-    ap.add_argument("--n-boot", type=bounded_int(1, MAX_BOOT), default=1000,
-                    help="bootstrap resamples (default 1000)")
-    ap.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0,
-                    help="bootstrap seed (default 0)")
+    ap.add_argument("--n-boot", type=bounded_int(1, MAX_BOOT), default=stats.N_BOOT,
+                    help=f"bootstrap resamples (default {stats.N_BOOT})")
+    ap.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=stats.BOOT_SEED,
+                    help=f"bootstrap seed (default {stats.BOOT_SEED})")
     return ap
 
 

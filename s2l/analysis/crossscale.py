@@ -76,11 +76,16 @@ def chance_levels(attrs: dict, test_sets: list[str]) -> tuple[dict, list[str]]:
 
 
 def correlation_table(reduced: Reduced, flops: xr.DataArray, params: xr.DataArray | None = None,
-                      chance: dict | None = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                      chance: dict | None = None, n_boot: int = stats.N_BOOT,
+                      seed: int = stats.BOOT_SEED) -> pd.DataFrame:
     """One row per proxy x test set: pearson/spearman/r2 with 95% bootstrap CIs over mixtures,
     compute_ratio, the reference's seed noise ceiling, per-sample R^2 summary, accuracies.
+    No rows (columns proxy, test_set, reference) when the store has no proxy.
 
-    r2 is the R^2 of the OLS fit reference ~ a + b * proxy, which equals pearson**2."""
+    r2 is the R^2 of the OLS fit reference ~ a + b * proxy, which equals pearson**2. For MC
+    test sets, proxy_acc_lo/_hi is the 95% Wilson interval of the proxy's mean accuracy over
+    the test set's items (mixtures share the items, so they add no independent evidence), and
+    at_chance says whether it covers the chance level."""
     check_reference(reduced, flops)
     mean = seed_mean(reduced.loss_mean)
     acc = seed_mean(reduced.acc_mean) if reduced.acc_mean is not None else None
@@ -115,13 +120,18 @@ def correlation_table(reduced: Reduced, flops: xr.DataArray, params: xr.DataArra
             if acc is not None and str(t) in chance:
                 row["chance"] = chance[str(t)]
                 row["proxy_acc"] = float(np.nanmean(acc.sel(scale=p, test_set=t).values))
+                n = int(reduced.n_items.sel(test_set=t)) if reduced.n_items is not None else 0
+                lo, hi = stats.wilson_interval(row["proxy_acc"], n)
+                row["proxy_acc_lo"], row["proxy_acc_hi"] = lo, hi
+                row["at_chance"] = bool(lo <= chance[str(t)] <= hi)
                 row["ref_acc"] = float(np.nanmean(acc.sel(scale=ref, test_set=t).values))
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["proxy", "test_set",
+                                                                 "reference"])
 
 
 def decision_table(reduced: Reduced, flops: xr.DataArray, mc_sets: list[str],
-                   n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                   n_boot: int = stats.N_BOOT, seed: int = stats.BOOT_SEED) -> pd.DataFrame:
     """One row per proxy x test set x metric ("loss"; "accuracy" for MC sets): decision
     accuracy with bootstrap CI, pairs decided, proxy ties, and the reference's own seed-to-seed
     decision agreement (its noise ceiling; NaN with one seed)."""
@@ -147,14 +157,39 @@ def decision_table(reduced: Reduced, flops: xr.DataArray, mc_sets: list[str],
                 row["proxy_flops"] = float(flops.sel(scale=p))
                 row["ref_seed_agreement"] = agree[t]
                 rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["proxy", "test_set", "metric",
+                                                                 "reference"])
+
+
+def negative_note(r) -> str:
+    """'' for a row with r >= 0; else a sentence that names the negative correlation."""
+    if not r.pearson < 0:
+        return ""
+    head = f"{r.proxy} vs {r.reference} on {r.test_set}: r = {r.pearson:.2f}"
+    if r.pearson_hi < 0:
+        return f"{head}, NEGATIVE: the proxy ranks mixtures in reverse."
+    return (f"{head}, negative, though its CI [{r.pearson_lo:.2f}, {r.pearson_hi:.2f}] "
+            "includes 0.")
+
+
+def chance_note(r) -> str:
+    """'' unless the row's proxy accuracy CI covers chance; else a sentence that says so."""
+    flag = getattr(r, "at_chance", None)  # NaN for a test set without accuracy
+    if not (isinstance(flag, (bool, np.bool_)) and flag):
+        return ""
+    return (f"{r.proxy}'s accuracy on {r.test_set} ({r.proxy_acc:.2f}, 95% CI "
+            f"[{r.proxy_acc_lo:.2f}, {r.proxy_acc_hi:.2f}]) is at chance ({r.chance:.2f}): "
+            "its accuracy cannot rank mixtures here; judge it by loss.")
 
 
 def verdict(rows: pd.DataFrame) -> str:
-    """Plain-language verdict for one test set from its correlation rows (cheapest first)."""
+    """Plain-language verdict for one test set from its correlation rows (cheapest first):
+    the cheapest proxy that predicts the reference well (or the best one), a negative
+    correlation named as such, and proxies whose accuracy is indistinguishable from chance."""
+    chance = [n for n in (chance_note(r) for r in rows.itertuples()) if n]
     rows = rows.dropna(subset=["pearson"])
     if rows.empty:
-        return "not enough done mixtures to judge any proxy here."
+        return " ".join(["not enough done mixtures to judge any proxy here."] + chance)
 
     def fmt(r):
         return (f"{r.proxy} (r={r.pearson:.2f} [{r.pearson_lo:.2f}, {r.pearson_hi:.2f}], "
@@ -167,8 +202,13 @@ def verdict(rows: pd.DataFrame) -> str:
         text += ", the cheapest proxy that does" if len(rows) > 1 else ""
     else:
         best = rows.loc[rows.pearson.idxmax()]
-        level = "moderately" if best.pearson >= 0.7 else "poorly"
-        text = f"no proxy predicts the reference well here; the best, {fmt(best)}, predicts it {level}"
+        if best.pearson < 0:
+            text = ("no proxy correlates positively with the reference here; the best is "
+                    f"{fmt(best)}")
+        else:
+            level = "moderately" if best.pearson >= 0.7 else "poorly"
+            text = (f"no proxy predicts the reference well here; the best, {fmt(best)}, "
+                    f"predicts it {level}")
     if best.pearson_lo < best.pearson - 0.25:
         text += f"; the CI is wide ({int(best.n_mixtures)} mixtures), so treat this as tentative"
     text += "."
@@ -176,4 +216,5 @@ def verdict(rows: pd.DataFrame) -> str:
     if np.isfinite(ceil) and ceil < 0.9:
         text += (f" The reference itself is noisy across seeds here (noise ceiling {ceil:.2f}),"
                  " so no proxy can correlate much higher.")
-    return text
+    notes = [n for n in (negative_note(r) for r in rows.itertuples()) if n]
+    return " ".join([text] + notes + chance)

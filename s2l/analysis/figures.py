@@ -55,31 +55,62 @@ def scatter_means(mean: xr.DataArray, reference: str, proxies: list[str],
     return fig
 
 
-def _by_test_set(ax, df: pd.DataFrame, x: str, y: str, lo: str, hi: str, log_dodge=False):
-    """One errorbar line per test set. log_dodge: shift each test set a little along a log x
-    axis so that CIs at the same proxy do not hide each other."""
-    groups = list(df.groupby("test_set", sort=False))
-    for k, (t, g) in enumerate(groups):
-        g = g.sort_values(x)
-        err = np.vstack([g[y] - g[lo], g[hi] - g[y]]).clip(min=0)
-        xs = g[x] * 10 ** (0.04 * (k - (len(groups) - 1) / 2)) if log_dodge else g[x]
-        ax.errorbar(xs, g[y], yerr=err, marker="o", ms=4, capsize=3,
-                    color=COLORS[k % 10], label=t)
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+
+
+def _style(k: int) -> dict:
+    """Colour and marker of the k-th test set: two cues, so test sets stay apart in grey."""
+    return {"color": COLORS[k % 10], "marker": MARKERS[k % len(MARKERS)]}
+
+
+def _errorbars(ax, g: pd.DataFrame, x: str, y: str, lo: str, hi: str, k: int, label: str,
+               hollow=None):
+    """One errorbar line at the rows' true x (sorted). hollow: (rows,) bool, drawn as open
+    markers (e.g. a proxy at chance accuracy)."""
+    order = np.argsort(g[x].to_numpy(), kind="stable")
+    g = g.iloc[order]
+    err = np.vstack([g[y] - g[lo], g[hi] - g[y]]).clip(min=0)
+    st = _style(k)
+    ax.errorbar(g[x], g[y], yerr=err, ms=5, capsize=3, color=st["color"], marker=st["marker"],
+                label=label, lw=1.2)
+    if hollow is not None and np.asarray(hollow)[order].any():
+        h = np.asarray(hollow, bool)[order]
+        ax.scatter(g[x][h], g[y][h], s=60, marker=st["marker"], facecolors="white",
+                   edgecolors=st["color"], zorder=3, linewidths=1.5)
+
+
+def _panels(df: pd.DataFrame, by: list[str], width: float = 3.6, height: float = 3.0):
+    """Small multiples: one panel per distinct value of the `by` columns (in order of
+    appearance), sharing both axes so panels compare at a glance."""
+    keys = list(dict.fromkeys(map(tuple, df[by].to_numpy())))
+    cols = min(len(keys), 3)
+    rows = math.ceil(len(keys) / cols)
+    fig = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    return fig, keys, axes[:len(keys)]
 
 
 def corr_vs_compute(corr: pd.DataFrame, reference: str) -> Figure:
-    """Fig. 2: Pearson r (95% bootstrap CI) vs proxy training FLOPs, log x, per test set."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.subplots()
-    _by_test_set(ax, corr, "proxy_flops", "pearson", "pearson_lo", "pearson_hi", log_dodge=True)
-    ax.set_xscale("log")
-    ax.set_xlabel("proxy training compute (FLOPs, log scale)")
-    ax.set_ylabel(f"Pearson r with reference {reference}")
-    ax.set_title("Fig. 2  Cross-scale correlation vs proxy compute (95% bootstrap CI)",
-                 fontsize=10)
-    _annotate_scales(ax, corr)
-    ax.legend(title="test set", fontsize=8)
-    ax.grid(alpha=0.3)
+    """Fig. 2: Pearson r (95% bootstrap CI) vs proxy training FLOPs, log x, one panel per
+    test set, every point at its proxy's true compute."""
+    if corr.empty:
+        return _empty("Fig. 2 needs a proxy scale besides the reference; this store has none.")
+    fig, keys, axes = _panels(corr, ["test_set"])
+    for k, (ax, (t,)) in enumerate(zip(axes, keys)):
+        g = corr[corr.test_set == t]
+        _errorbars(ax, g, "proxy_flops", "pearson", "pearson_lo", "pearson_hi", k, t)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(t, fontsize=9)
+        ax.grid(alpha=0.3)
+        _annotate_scales(ax, g)
+    for ax in axes:
+        ax.set_xlabel("proxy compute (FLOPs)", fontsize=8)
+        ax.set_ylabel(f"Pearson r with {reference}", fontsize=8)
+    fig.suptitle("Fig. 2  Cross-scale correlation vs proxy compute (95% bootstrap CI; "
+                 "points at each proxy's true compute)", fontsize=10)
     return fig
 
 
@@ -94,22 +125,36 @@ def _annotate_scales(ax, df: pd.DataFrame):
 
 
 def corr_vs_accuracy(corr: pd.DataFrame) -> Figure:
-    """Fig. 3: Pearson r of loss vs proxy accuracy above chance, MC test sets only."""
+    """Fig. 3: Pearson r of loss vs proxy accuracy above chance, MC test sets only. A proxy
+    whose accuracy CI covers chance is drawn hollow and named in a note on the figure."""
     if "proxy_acc" not in corr or corr.proxy_acc.isna().all():
         return _empty("Fig. 3 needs multiple-choice test sets (a `correct` variable);\n"
                       "this store has none.")
     df = corr.dropna(subset=["proxy_acc"]).copy()
     df["above"] = 100 * (df.proxy_acc - df.chance)
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    at_chance = (df["at_chance"].fillna(False).astype(bool) if "at_chance" in df
+                 else pd.Series(False, index=df.index))
+    fig = Figure(figsize=(7, 4.8), layout="constrained")
     ax = fig.subplots()
-    _by_test_set(ax, df, "above", "pearson", "pearson_lo", "pearson_hi")
+    for k, (t, g) in enumerate(df.groupby("test_set", sort=False)):
+        _errorbars(ax, g, "above", "pearson", "pearson_lo", "pearson_hi", k, t,
+                   hollow=at_chance[g.index].to_numpy())
+        if {"proxy_acc_lo", "proxy_acc_hi"} <= set(g):  # the accuracy CI, horizontally
+            ax.errorbar(g.above, g.pearson, xerr=np.vstack(
+                [100 * (g.proxy_acc - g.proxy_acc_lo), 100 * (g.proxy_acc_hi - g.proxy_acc)]
+            ).clip(min=0), fmt="none", ecolor=_style(k)["color"], alpha=0.4, capsize=2)
     for _, r in df.iterrows():
         ax.annotate(r.proxy, (r.above, r.pearson), xytext=(4, -10),
                     textcoords="offset points", fontsize=7)
     ax.axvline(0, color="0.5", ls="--", lw=1, label="chance")
-    ax.set_xlabel("proxy accuracy above chance (percentage points)")
+    ax.set_xlabel("proxy accuracy above chance (percentage points; 95% CI over items)")
     ax.set_ylabel("Pearson r of loss with reference")
-    ax.set_title("Fig. 3  Correlation vs proxy accuracy above chance")
+    title = "Fig. 3  Correlation vs proxy accuracy above chance"
+    if at_chance.any():  # said in the title, where no data point can hide it
+        names = ", ".join(f"{r.proxy} on {r.test_set}" for r in df[at_chance].itertuples())
+        title += (f"\nhollow = accuracy CI covers chance ({names}):\nat chance, accuracy "
+                  "cannot rank mixtures; the loss correlation still can")
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -170,22 +215,24 @@ def sample_r2_hist(sample_r2: xr.DataArray, proxies: list[str]) -> Figure:
 
 
 def decision_vs_compute(dec: pd.DataFrame, reference: str) -> Figure:
-    """Decision accuracy (95% CI) vs proxy FLOPs, log x; panels for loss and accuracy."""
-    metrics = list(dict.fromkeys(dec.metric))
-    fig = Figure(figsize=(6.5 * len(metrics), 4.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
-    for ax, m in zip(axes, metrics):
-        g = dec[dec.metric == m]
-        _by_test_set(ax, g, "proxy_flops", "decision_accuracy", "decision_accuracy_lo",
-                     "decision_accuracy_hi", log_dodge=True)
-        ax.axhline(0.5, color="0.5", ls="--", lw=1, label="coin flip")
+    """Decision accuracy (95% CI) vs proxy FLOPs, log x: one panel per test set and metric
+    (loss; accuracy for MC sets), every point at its proxy's true compute."""
+    if dec.empty:
+        return _empty("Decision accuracy needs a proxy scale besides the reference.")
+    fig, keys, axes = _panels(dec, ["metric", "test_set"])
+    sets = list(dict.fromkeys(dec.test_set))
+    for ax, (m, t) in zip(axes, keys):
+        g = dec[(dec.metric == m) & (dec.test_set == t)]
+        _errorbars(ax, g, "proxy_flops", "decision_accuracy", "decision_accuracy_lo",
+                   "decision_accuracy_hi", sets.index(t), t)
+        ax.axhline(0.5, color="0.5", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("proxy training compute (FLOPs, log scale)")
-        ax.set_ylabel("decision accuracy (share of mixture pairs)")
-        ax.set_title(f"ranking mixtures by {m}: agreement with reference {reference}", fontsize=10)
-        _annotate_scales(ax, g)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{t}: ranked by {m}", fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle("Decision accuracy vs proxy compute (95% bootstrap CI)")
+        _annotate_scales(ax, g)
+        ax.set_xlabel("proxy compute (FLOPs)", fontsize=8)
+        ax.set_ylabel("decision accuracy", fontsize=8)
+    fig.suptitle(f"Decision accuracy vs proxy compute: share of mixture pairs ordered as "
+                 f"{reference} orders them (95% bootstrap CI; dashed = coin flip)", fontsize=10)
     return fig

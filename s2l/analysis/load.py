@@ -78,6 +78,9 @@ class Reduced:
         cells not done.
     acc_mean: same dims, mean of `correct` (accuracy); NaN for test sets without `correct`.
         None when the store has no `correct` variable.
+    n_items: (test_set,) number of items with a finite `correct` per test set (the most in any
+        cell: every cell is scored on the same items), 0 for other test sets; None without
+        `correct`.
     done: (scale, mixture, seed) bool, the `done` flag AND at least one finite loss.
     sample_r2: (scale, sample) float32 per-sample R^2 between that scale's and the
         reference's seed-mean losses across mixtures; NaN row for the reference. None unless
@@ -88,6 +91,7 @@ class Reduced:
     done: xr.DataArray
     sample_r2: xr.DataArray | None
     reference: str
+    n_items: xr.DataArray | None = None
 
 
 def _sample_blocks(ds: xr.Dataset, bytes_per_sample: int, tile_bytes: int) -> list[slice]:
@@ -183,11 +187,13 @@ def reduce_store(ds: xr.Dataset, reference: str, per_sample: bool = True,
     loss_mean = loss_mean.where(done)  # a cell flagged not-done is ignored even if written
     if acc_mean is not None:
         acc_mean = acc_mean.where(done)
+    n_items = (xr.DataArray(acc_counts.reshape(-1, len(ts)).max(0).astype(int),
+                            {"test_set": ts}, ("test_set",)) if has_correct else None)
     r2 = None
     if per_sample:
         r2 = xr.DataArray(sample_r2, {"scale": names, "test_set": ("sample", as_str(ds["test_set"].values))}, ("scale", "sample"))
         r2 = r2.where(done.any(("mixture", "seed")))
-    return Reduced(loss_mean, acc_mean, done, r2, reference)
+    return Reduced(loss_mean, acc_mean, done, r2, reference, n_items)
 
 
 def missing_cells(done: xr.DataArray) -> list[tuple[str, str, int]]:

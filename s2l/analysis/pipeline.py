@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from s2l.analysis import crossscale, figures, load
+from s2l.analysis import crossscale, figures, load, stats
 
 FIGURES = {  # file name -> what it shows (used by the report)
     "fig1_scatter.png": "Proxy vs reference mean loss per test set, one point per mixture.",
@@ -45,8 +45,9 @@ class Analysis:
         return crossscale.proxies(self.reduced, self.flops)
 
 
-def analyze(store: str | Path, reference: str | None = None, n_boot: int = 1000,
-            seed: int = 0, per_sample: bool = True, decisions: bool = True) -> Analysis:
+def analyze(store: str | Path, reference: str | None = None, n_boot: int = stats.N_BOOT,
+            seed: int = stats.BOOT_SEED, per_sample: bool = True,
+            decisions: bool = True) -> Analysis:
     """Open `store`, reduce it in one chunked pass and build the tables. Raises
     load.StoreError (CLIs: exit 2) for a bad store, unknown or empty reference."""
     ds = load.open_store(store)
@@ -60,6 +61,9 @@ def analyze(store: str | Path, reference: str | None = None, n_boot: int = 1000,
     dec = (crossscale.decision_table(reduced, flops, mc, n_boot, seed) if decisions
            else pd.DataFrame())
     missing = load.missing_cells(reduced.done)
+    if not crossscale.proxies(reduced, flops):
+        notes.append(f"only one scale ({ref}) has done cells: nothing to correlate (a "
+                     "cross-scale comparison needs a proxy and a reference)")
     if ds.sizes["seed"] < 2:
         notes.append("one seed: no noise ceiling (needs >= 2 seeds of the reference)")
     a = Analysis(str(store), dict(ds.attrs), ref, reduced, flops, corr, dec, mc, missing, notes)
@@ -81,7 +85,10 @@ def _fig4_pair(ds: xr.Dataset, reduced: load.Reduced, proxy: str, ref: str) -> x
 
 
 def make_figures(a: Analysis) -> dict:
-    """File name -> matplotlib Figure, for the figures this analysis has data for."""
+    """File name -> matplotlib Figure, for the figures this analysis has data for (none
+    without a proxy)."""
+    if not a.proxies:
+        return {}
     mean = crossscale.seed_mean(a.reduced.loss_mean)
     figs = {"fig1_scatter.png": figures.scatter_means(mean, a.reference, a.proxies, a.correlation),
             "fig2_corr_vs_compute.png": figures.corr_vs_compute(a.correlation, a.reference),

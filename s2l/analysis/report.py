@@ -20,7 +20,8 @@ img{max-width:100%;border:1px solid #eee}pre{background:#f7f7f7;padding:1em;over
 
 CORR_COLS = ["proxy", "test_set", "n_mixtures", "compute_ratio", "pearson", "pearson_lo",
              "pearson_hi", "spearman", "spearman_lo", "spearman_hi", "r2", "noise_ceiling",
-             "pearson_vs_ceiling", "sample_r2_median", "proxy_acc", "chance"]
+             "pearson_vs_ceiling", "sample_r2_median", "proxy_acc", "proxy_acc_lo",
+             "proxy_acc_hi", "chance", "at_chance"]
 DEC_COLS = ["proxy", "test_set", "metric", "n_mixtures", "n_pairs", "n_proxy_ties",
             "decision_accuracy", "decision_accuracy_lo", "decision_accuracy_hi",
             "ref_seed_agreement"]

@@ -21,6 +21,10 @@ import numpy as np
 from scipy.stats import rankdata
 
 MIN_MIXTURES = 3  # below this a correlation across mixtures is meaningless
+#: bootstrap defaults of every CI the package reports (correlate.py, report.py, the job's
+#: summary): one store, one seed, one number
+N_BOOT = 1000
+BOOT_SEED = 0
 
 
 def _paired(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +71,8 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def correlation_with_ci(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def correlation_with_ci(x, y, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+                        level: float = 0.95) -> dict:
     """Pearson, Spearman and R^2 (= pearson**2) of y on x across mixtures, each with a
     percentile bootstrap CI over mixtures. x, y: shape (mixture,), NaN = missing.
 
@@ -127,7 +132,7 @@ def decision_accuracy(x, y) -> tuple[float, int, int]:
     return acc, n, ties
 
 
-def decision_accuracy_with_ci(x, y, n_boot: int = 1000, seed: int = 0,
+def decision_accuracy_with_ci(x, y, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
                               level: float = 0.95) -> dict:
     """decision_accuracy plus a percentile bootstrap CI over mixtures.
 
@@ -188,3 +193,17 @@ def seed_reliability(per_seed: np.ndarray) -> dict:
     return {"seed_r": r1, "reliability": rel,
             "noise_ceiling": float(np.sqrt(rel)) if np.isfinite(rel) else np.nan,
             "seed_agreement": float(np.mean(das)) if das else np.nan}
+
+
+def wilson_interval(p: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion p observed on n items; (NaN, NaN) for n = 0 or a
+    NaN p. Used for "is this accuracy above chance": it stays inside [0, 1] and is sensible
+    near 0 and 1, where the normal interval is not."""
+    if n <= 0 or not np.isfinite(p):
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+    z = float(norm.ppf((1 + level) / 2))
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return float(max(0.0, mid - half)), float(min(1.0, mid + half))

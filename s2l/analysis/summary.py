@@ -1,25 +1,30 @@
 """The short cross-scale summary the main job prints when a sweep ends, and its one figure.
 
-Fast by design (< 3 s on a small store): one chunked pass without per-sample statistics or
-decision accuracy, 500 bootstrap resamples. Never raises on a store that is merely too partial
-to analyse: the job's final message should say so, not crash.
+Fast by design (a few seconds on a small store): one chunked pass without per-sample
+statistics or decision accuracy. Its CIs are those of `analysis/correlate.py` with its
+defaults (same resamples, same seed: `stats.N_BOOT`, `stats.BOOT_SEED`), so the two never
+disagree about one store. Never raises on a store that is merely too partial to analyse, or
+has a single scale: the job's final message should say so, not crash.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from s2l.analysis import figures, pipeline
+from s2l.analysis import crossscale, figures, pipeline
 from s2l.analysis.load import StoreError
-
-N_BOOT = 500
 
 
 def _quick(store: str | Path) -> pipeline.Analysis:
-    return pipeline.analyze(store, n_boot=N_BOOT, per_sample=False, decisions=False)
+    return pipeline.analyze(store, per_sample=False, decisions=False)
 
 
 def format_correlations(a: pipeline.Analysis) -> str:
-    """Per test set, one line per proxy: Pearson r with its 95% CI and compute ratio."""
+    """Per test set, one line per proxy: Pearson r with its 95% CI and compute ratio, a
+    negative r named as such; one line when there is no proxy to correlate."""
+    if a.correlation.empty:
+        return "\n".join([f"cross-scale summary: nothing to correlate: {a.notes[0]}"
+                          if a.notes else "cross-scale summary: nothing to correlate"]
+                         + a.notes[1:])
     lines = [f"cross-scale correlation with reference {a.reference} "
              f"(Pearson r across mixtures, seed-averaged, 95% bootstrap CI):"]
     for t, g in a.correlation.groupby("test_set", sort=False):
@@ -28,6 +33,8 @@ def format_correlations(a: pipeline.Analysis) -> str:
             lines.append(f"    {r.proxy:>10}  r={r.pearson:5.2f} [{r.pearson_lo:5.2f}, "
                          f"{r.pearson_hi:5.2f}]  {r.compute_ratio:,.0f}x less compute, "
                          f"{r.n_mixtures} mixtures")
+            if r.pearson < 0:
+                lines.append(f"      {crossscale.negative_note(r)}")
     missing = pipeline.missing_summary(a)
     if missing:
         lines.append(missing)
@@ -50,6 +57,8 @@ def write_summary_figure(store_path: str | Path, png_path: str | Path) -> Path |
     try:
         a = _quick(store_path)
     except StoreError:
+        return None
+    if a.correlation.empty:
         return None
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)

@@ -120,3 +120,39 @@ def _scale_coords(n_scales: int):
     """Names s0 (smallest) .. s{n-1}, params 1e5 * 10**i, Chinchilla FLOPs 6 * N * 20N."""
     params = np.array([10 ** (5 + i) for i in range(n_scales)], np.int64)
     return [f"s{i}" for i in range(n_scales)], params, 6.0 * params * 20 * params
+
+
+MIX_DOMAINS = ("code", "scripture", "quotes")  # the domains of sweeps/smoke.yaml
+MIX_TEST_SETS = ("heldout", "cloze")
+
+
+def planted_mixture_dataset(n_mixtures: int = 40, optimum=(0.5, 0.3, 0.2),
+                            other_optimum=(0.2, 0.6, 0.2), n_scales: int = 2,
+                            n_seeds: int = 1, n_per_test_set: int = 10, noise: float = 0.005,
+                            seed: int = 0) -> xr.Dataset:
+    """A store-schema Dataset whose losses are a planted quadratic in the mixture weights.
+
+    Weights: (mixture, domain) flat-Dirichlet draws over MIX_DOMAINS. Test set "heldout" of
+    scale i: loss = 3 - 0.3 i + difficulty_s + 2 * ||w - optimum||^2 + noise; "cloze" the same
+    around `other_optimum`. So the true minimiser of heldout's loss is `optimum` at every
+    scale. Same difficulty_s for every `seed`. No `correct` (no multiple-choice test set)."""
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(len(MIX_DOMAINS)), n_mixtures)
+    n_s = n_per_test_set * len(MIX_TEST_SETS)
+    ts = np.repeat(np.array(MIX_TEST_SETS), n_per_test_set)
+    # the test items are fixed (as a real test set is): `seed` draws only mixtures and noise
+    difficulty = np.random.default_rng(0).gamma(2.0, 1.0, n_s)
+    bowl = np.stack([2 * ((w - np.asarray(o)) ** 2).sum(1) for o in (optimum, other_optimum)], 1)
+    t_code = np.repeat(np.arange(len(MIX_TEST_SETS)), n_per_test_set)
+    loss = (3.0 - 0.3 * np.arange(n_scales)[:, None, None, None] + difficulty
+            + bowl[None, :, None, t_code]
+            + noise * rng.normal(size=(n_scales, n_mixtures, n_seeds, n_s))).astype(np.float32)
+    scales, params, flops = _scale_coords(n_scales)
+    dims = ("scale", "mixture", "seed", "sample")
+    return xr.Dataset(
+        {"loss": (dims, loss), "done": (dims[:3], np.ones(loss.shape[:3], bool)),
+         "weight": (("mixture", "domain"), w)},
+        coords={"scale": _obj(scales), "mixture": _obj([f"rnd-{m:03d}" for m in range(n_mixtures)]),
+                "seed": np.arange(n_seeds), "sample": np.arange(n_s),
+                "domain": _obj(MIX_DOMAINS), "test_set": ("sample", _obj(ts)),
+                "params": ("scale", params), "flops": ("scale", flops)})
