@@ -12,7 +12,6 @@ inside it (one `error:` line).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,32 +20,15 @@ if __package__ in (None, ""):  # run as a script from a checkout
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("study", type=Path, help="attribution study directory (has study.json)")
-    ap.add_argument("--out", type=Path, default=None, help="where to write (default: STUDY-report)")
-    args = ap.parse_args(argv)
-    study = args.study
-    dest = args.out or study.resolve().parent / (study.resolve().name + "-report")
-    if not (study / "study.json").is_file():
-        print(f"error: {study}: no study.json; is this an attribution study directory?", file=sys.stderr)
-        return 2
-    if dest.resolve().is_relative_to(study.resolve()):
-        print(f"error: --out {dest} is inside the study {study}; the report is written elsewhere",
-              file=sys.stderr)
-        return 2
+    from s2l.analysis.cli import study_report
     from s2l.attribution.report import write_report
 
-    try:
-        rows = write_report(study, dest)
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:  # a corrupt study dir
-        print(f"error: {study}: cannot read the study: {type(e).__name__}: {str(e)[:300]}",
-              file=sys.stderr)
-        return 2
-    for r in rows:
-        print(f"{r['proxy']:>9} {r['params']:>10,} params  {r['compute_ratio']:>7.1f}x  "
-              f"LDS {r['lds']:.3f} [{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]")
-    print(f"report in {dest}")
-    return 0
+    def show(rows) -> str:
+        return "\n".join(f"{r['proxy']:>9} {r['params']:>10,} params  {r['compute_ratio']:>7.1f}x  "
+                         f"LDS {r['lds']:.3f} [{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]" for r in rows)
+
+    return study_report(argv, __doc__.splitlines()[0], "study.json",
+                        "is this an attribution study directory?", write_report, show)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,33 @@ def run(argv: list[str] | None, description: str,
         return error(e)
     print(write(a, args.out))
     return 0
+
+
+def study_report(argv: list[str] | None, description: str, marker: str, missing: str,
+                 write: Callable, show: Callable[[object], str]) -> int:
+    """The CLI of a study's report (`analysis/lds.py`, `analysis/selection.py`): read the
+    study directory, write the report into `--out` (default: STUDY-report beside it, never
+    inside it), print `show(what write returned)`. A study without `marker` (a file or
+    directory it must hold), an --out inside it, or a corrupt study: one `error:` line, exit 2.
+    """
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("study", type=Path, help="the study's output directory (read only)")
+    ap.add_argument("--out", type=Path, help="where to write the report (default: STUDY-report)")
+    args = ap.parse_args(argv)
+    study = args.study
+    dest = args.out or study.resolve().parent / (study.resolve().name + "-report")
+    if not (study / marker).exists():
+        return error(ValueError(f"{study}: no {marker}; {missing}"))
+    if dest.resolve().is_relative_to(study.resolve()):
+        return error(ValueError(f"--out {dest} is inside the study {study}; the report is "
+                                "written elsewhere"))
+    try:
+        result = write(study, dest)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:  # a corrupt study dir
+        return error(ValueError(f"{study}: cannot read the study: {type(e).__name__}: "
+                                f"{str(e)[:300]}"))
+    print(show(result))
+    print(f"report in {dest}")
+    return 0
