@@ -9,10 +9,17 @@
     data: {...}                   # domains, tokenizer, seq_len (s2l.data.DataConfig)
     mixtures:
       code-heavy: {weights: {code: 0.7, prose: 0.3}}
+    random_mixtures: {count: 24, seed: 0}   # optional, s2l.lm.mixgen: rnd-000, rnd-001, ...
+    reference: {scale: m}         # optional: stages proxies -> predict -> reference
     test_sets: {...}              # s2l.data.DataConfig
     train: {...}                  # s2l.config.TrainConfig
     tracking: {uri: ..., experiment: ...}
     slurm: {...}                  # per-scale resources, read by hpc/resources.py
+
+Named mixtures come first, then the random ones (`s2l.lm.mixgen`); `mixtures:` may be left
+out when `random_mixtures:` is given. Without `reference:` the sweep is one stage of cells;
+with it (`ReferenceConfig`, see `s2l.lm.staged`) the reference scale's cells wait for a
+prediction made from the other (proxy) scales. Neither block changes any cell's id.
 
 A cell's id is a hash of everything that determines its result (shape, tokens, normalised
 weights, seed, training recipe, data fingerprint, and `RESULT_VERSION`, bumped whenever a code
@@ -29,9 +36,10 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from s2l.config import (ConfigError, ConfigModel, Name, NonNegative, PositiveNumber,
-                        Seeds, Section, TrackingConfig, TrainConfig, check_name, key_path,
+from s2l.config import (ConfigError, ConfigModel, Count, Name, NonNegative, PositiveNumber,
+                        Seed, Seeds, Section, TrackingConfig, TrainConfig, check_name, key_path,
                         parse_model)
+from s2l.lm import mixgen
 from s2l.model import LADDER, ModelShape, chinchilla_tokens, training_flops
 
 #: Bump when a code change alters what a cell computes: it changes every cell id.
@@ -72,10 +80,21 @@ class SweepConfig:
     train: TrainConfig
     tracking: TrackingConfig
     yaml_text: str = ""
+    reference: "ReferenceConfig | None" = None  # None: one stage of cells
+    random_mixtures: mixgen.RandomMixtures | None = None  # as written (already expanded)
 
     def cells(self) -> list["Cell"]:
         return [Cell(self, sc, mx, seed) for sc in self.scales for mx in self.mixtures
                 for seed in self.seeds]
+
+    def scale(self, name: str) -> Scale:
+        return next(s for s in self.scales if s.name == name)
+
+    @property
+    def proxy_scales(self) -> tuple[Scale, ...]:
+        """Every scale but the reference (all of them without a `reference:` block)."""
+        ref = self.reference.scale if self.reference else None
+        return tuple(s for s in self.scales if s.name != ref)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +139,26 @@ def _result_fields(train: TrainConfig) -> dict:
 MAX_TOKENS = 10 ** 15
 
 
+class ReferenceConfig(ConfigModel):
+    """The optional `reference:` block: predict the reference scale from the proxies first.
+
+    objective: the test set the proxies' ranking (and `top_k`) is taken on, or "mean" (the
+    mean over test sets of each test set's mean loss). top_k: train only the k mixtures the
+    proxies rank best at the reference scale, plus `controls` others drawn with `seed`.
+    level: the coverage of the predicted loss intervals; n_boot: bootstrap resamples.
+    force_prediction: predict even when reference results exist (marked not preregistered).
+    """
+
+    scale: Name
+    objective: Name = "mean"
+    top_k: Count | None = None
+    controls: Annotated[int, pydantic.Field(ge=0, le=mixgen.MAX_COUNT)] = 0
+    seed: Seed = 0
+    level: Annotated[float, pydantic.Field(ge=0.5, le=0.99)] = 0.9
+    n_boot: Annotated[int, pydantic.Field(ge=20, le=10_000)] = 200
+    force_prediction: bool = False
+
+
 class _Top(ConfigModel):
     """The sweep file's top level; the blocks are read one by one with their own paths."""
 
@@ -129,7 +168,9 @@ class _Top(ConfigModel):
     tokens_per_param: PositiveNumber = 20.0
     token_multiplier: PositiveNumber = 1.0
     scales: dict[Name, Any]
-    mixtures: dict[Name, Any]
+    mixtures: dict[Name, Any] = {}
+    random_mixtures: Any = None  # s2l.lm.mixgen
+    reference: Any = None  # ReferenceConfig
     data: Any = None  # s2l.data.DataConfig
     test_sets: Any = None  # s2l.data.DataConfig
     train: Any = None
@@ -163,10 +204,41 @@ def parse_sweep(raw: dict, path: Path) -> SweepConfig:
     if train.batch_size and data.seq_len <= 1:
         raise ConfigError("data.seq_len", "must be > 1")
     scales = _parse_scales(top.scales, top.tokens_per_param, top.token_multiplier)
-    mixtures = _parse_mixtures(top.mixtures, list(data.domains))
+    rand = (mixgen.parse(top.random_mixtures, list(data.domains))
+            if top.random_mixtures is not None else None)
+    mixtures = _parse_mixtures(top.mixtures, list(data.domains), rand)
     tracking = parse_model(TrackingConfig, top.tracking, "tracking")
+    reference = (_parse_reference(top.reference, scales, len(mixtures), data.test_set_names())
+                 if top.reference is not None else None)
     return SweepConfig(name, scales, mixtures, tuple(top.seeds), data, train, tracking,
-                       yaml_text=path.read_text(encoding="utf-8") if path.is_file() else "")
+                       yaml_text=path.read_text(encoding="utf-8") if path.is_file() else "",
+                       reference=reference, random_mixtures=rand)
+
+
+def _parse_reference(raw: Any, scales: tuple[Scale, ...], n_mixtures: int,
+                     test_sets: list[str]) -> ReferenceConfig:
+    ref = parse_model(ReferenceConfig, raw, "reference")
+    names = [s.name for s in scales]
+    if ref.scale not in names:
+        raise ConfigError("reference.scale", f"no scale named {ref.scale!r}; scales are {names}")
+    if len(scales) < 2:
+        raise ConfigError("reference.scale", "needs at least one other (proxy) scale to "
+                                             "predict it from")
+    flops = {s.name: s.flops for s in scales}
+    bigger = [n for n in names if n != ref.scale and flops[n] >= flops[ref.scale]]
+    if bigger:
+        raise ConfigError("reference.scale", f"must cost more training FLOPs than every proxy "
+                                             f"scale; {bigger} cost as much or more")
+    if ref.objective != "mean" and ref.objective not in test_sets:
+        raise ConfigError("reference.objective", f"no test set named {ref.objective!r}; "
+                                                 f"one of {['mean', *test_sets]}")
+    if ref.controls and ref.top_k is None:
+        raise ConfigError("reference.controls", "controls calibrate a top_k selection; "
+                                                "give top_k too")
+    if ref.top_k is not None and ref.top_k + ref.controls > n_mixtures:
+        raise ConfigError("reference.top_k", f"top_k + controls = {ref.top_k + ref.controls} "
+                                             f"but the sweep has {n_mixtures} mixtures")
+    return ref
 
 
 def _parse_scales(blocks: dict[str, Any], tokens_per_param: float, multiplier: float
@@ -210,9 +282,10 @@ def _chinchilla_budget(name: str, shape: ModelShape, tokens_per_param: float,
     return chinchilla_tokens(shape.non_embedding_params(), per_param)
 
 
-def _parse_mixtures(blocks: dict[str, Any], domains: list[str]) -> tuple[Mixture, ...]:
-    if not blocks:
-        raise ConfigError("mixtures", "must name at least one mixture")
+def _parse_mixtures(blocks: dict[str, Any], domains: list[str],
+                    rand: mixgen.RandomMixtures | None = None) -> tuple[Mixture, ...]:
+    if not blocks and rand is None:
+        raise ConfigError("mixtures", "must name at least one mixture (or give random_mixtures)")
     out = []
     for name, raw in blocks.items():
         where = key_path("mixtures", name)
@@ -230,4 +303,11 @@ def _parse_mixtures(blocks: dict[str, Any], domains: list[str]) -> tuple[Mixture
                                                   "smaller numbers: only their ratios matter")
         norm = tuple((d, weights.get(d, 0.0) / total) for d in domains)
         out.append(Mixture(name, norm))
+    if rand is not None:
+        taken = {m.name for m in out}
+        for name, weights in mixgen.expand(rand, domains):
+            if name in taken:
+                raise ConfigError("random_mixtures.prefix", f"makes the name {name!r}, which "
+                                                            "mixtures: already has")
+            out.append(Mixture(name, tuple(zip(domains, weights))))
     return tuple(out)

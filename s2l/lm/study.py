@@ -1,27 +1,23 @@
-"""The LM sweep as a study: one stage of cells, each trained and evaluated on its own.
+"""The LM sweep as a study: cells trained and evaluated on their own, in one or three stages.
 
-Follow one cell: `CellTask.run()` on a node loads the prepared (cached, tokenized) data,
-builds the model for its scale with its seed, trains on its mixture (resuming from its
-checkpoint), evaluates every test sample, writes its own chunks of `<out>/losses.zarr`, drops
-a done marker, and logs a child run to MLflow.
+Without a `reference:` block the sweep is one stage, "cells" (`s2l.lm.cell.CellTask`). With
+one it is three (`s2l.lm.staged`): "proxies" (every scale but the reference), "predict" (one
+task that writes the pre-registered prediction) and "reference" (the reference scale's cells,
+all of them or, with `top_k`, those the prediction selects).
 
 Files of a sweep (`<out>` defaults to `runs/<name>`):
     losses.zarr/                 the per-sample loss store (s2l.store)
     mlflow.db, mlartifacts/      tracking, unless a server URI is given
     sweep.yaml                   the sweep file as submitted
     cells/<scale>/<mixture>/<seed>/   ckpt.pt (while training), progress.json, DONE, cell.json
+                                 (SKIPPED instead of results: a reference cell not selected)
+    predictions/                 prediction.json, prediction.sha256, score.json, score.csv
 
 The DONE file is the cell's completion marker (`s2l.tasks`: key + cell id, written by the
 runner after `run()`); the MLflow child run is logged in `publish()`, after the marker.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import os
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,156 +25,9 @@ import numpy as np
 from s2l import store as loss_store
 from s2l import tracking
 from s2l.config import tracking_uri as checked_tracking_uri
-from s2l.lm.config import Cell, SweepConfig, parse_sweep
-from s2l.tasks import Stage, Study, Task, register
-
-
-def code_version() -> str:
-    """git describe of the checkout s2l runs from, else the package version."""
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here,
-                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import version
-        return version("s2l")
-
-
-@dataclasses.dataclass
-class CellTask(Task):
-    cell: Cell
-    out: Path
-    data_dir: Path
-    tracking_uri: str
-    experiment: str
-    parent_run: str | None
-
-    @property
-    def key(self) -> str:
-        return self.cell.key
-
-    @property
-    def group(self) -> str:
-        return self.cell.scale.name
-
-    @property
-    def fingerprint(self) -> str:
-        return self.cell.id
-
-    @property
-    def dir(self) -> Path:
-        return self.out / "cells" / self.cell.key
-
-    @property
-    def marker(self) -> Path:
-        return self.dir / "DONE"
-
-    def progress(self) -> tuple[float, str] | None:
-        try:
-            p = json.loads((self.dir / "progress.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return p["step"] / p["total"], f"step {p['step']}/{p['total']} loss {p['loss']:.3f} {p['tok_s']:,.0f} tok/s"
-
-    def run(self) -> dict:
-        import torch
-
-        from s2l.data import MixtureSampler, PreparedData
-        from s2l.evaluate import evaluate
-        from s2l.model import build_model
-        from s2l.train import Distributed, Diverged, discard_checkpoints, train
-
-        started = time.time()
-        torch.set_flush_denormal(True)  # denormals from peaked softmaxes cost 2x at 20M on CPU
-        dist = Distributed()
-        cell, cfg = self.cell, self.cell.sweep
-        self.dir.mkdir(parents=True, exist_ok=True)
-        data = PreparedData.load(self.data_dir)
-
-        model = build_model(cell.scale.shape, data.vocab_size, cfg.data.seq_len, cell.seed)
-        sampler = MixtureSampler(data.train, cell.mixture.as_dict(), cfg.data.seq_len, cell.seed)
-        batch_size = cfg.train.batch_size
-
-        def on_log(step, loss, tok_s):
-            _write_json(self.dir / "progress.json",
-                        {"step": step, "total": cell.steps, "loss": loss, "tok_s": tok_s})
-
-        ckpt = self.dir / "ckpt.pt"
-        if dist.is_main:
-            _check_checkpoint_owner(self.dir, cell.id, ckpt)
-        dist.barrier()  # no rank may read a checkpoint that rank 0 is about to discard
-        t0 = time.perf_counter()
-        history = train(model, lambda step: sampler.batch(step, batch_size), cell.steps,
-                        cfg.train, checkpoint=ckpt, on_log=on_log)
-        train_s = time.perf_counter() - t0
-        if not dist.is_main:
-            return {}
-        loss, correct = evaluate(model, data.test, cfg.train.eval_batch_size, cfg.train.precision)
-        # A model that ends worse than a uniform guess over the vocabulary (ln V nats) has
-        # diverged without producing NaN: failing the cell keeps it out of the store.
-        mean, uniform = float(np.mean(loss)), math.log(data.vocab_size)
-        if not math.isfinite(mean) or mean > uniform + cfg.train.max_eval_excess:
-            raise Diverged(f"mean eval loss {mean:.4g} after {cell.steps} steps is not below "
-                           f"a uniform guess ln V = {uniform:.4g} + train.max_eval_excess "
-                           f"({cfg.train.max_eval_excess})")
-        loss_store.write_cell(self.out / "losses.zarr", cell.scale.name, cell.mixture.name,
-                              cell.seed, loss, correct)
-        summary = _per_test_set(data.test, loss, correct)
-        # The whole MLflow run is made durable as an offline record BEFORE the runner writes
-        # the marker: no done cell is ever without its run (publish() then logs it online).
-        self._record = self._record_run(history, {**summary, "train_seconds": train_s},
-                                        started, time.time())
-        discard_checkpoints(ckpt)  # done cells keep their losses, not their optimizer state
-        return summary
-
-    def publish(self) -> None:
-        """Log the cell's run to MLflow, after its marker; a record that cannot be logged now
-        stays offline and is replayed by the next submit or `hpc/status.py`."""
-        tracking.publish_record(self.tracking_uri, self.experiment, self.out, self._record)
-
-    def _record_run(self, history: list[tuple[int, float]], metrics: dict[str, float],
-                    started: float, ended: float) -> Path:
-        """The cell's child run (params, config artifact, loss curve, results, real start and
-        end times) written as an offline record; returns its path."""
-        cell = self.cell
-        params = {"scale": cell.scale.name, "params": cell.scale.params, "tokens": cell.scale.tokens,
-                  "flops": f"{cell.scale.flops:.4g}", "mixture": cell.mixture.name,
-                  "seed": cell.seed, "cell_id": cell.id, "code_version": code_version(),
-                  "d_model": cell.scale.shape.d_model, "n_layers": cell.scale.shape.n_layers,
-                  "n_heads": cell.scale.shape.n_heads, "steps": cell.steps,
-                  **{f"weight.{d}": round(w, 6) for d, w in cell.mixture.weights}}
-        cell_json = json.dumps({"key": cell.key, **cell.identity(), "id": cell.id}, indent=2)
-        (self.dir / "cell.json").write_text(cell_json)
-        return tracking.record_cell(self.out, self.parent_run, cell.key, cell.id, params,
-                                    {"cell.json": cell_json}, {"train_loss": history}, metrics,
-                                    started, ended)
-
-
-def _check_checkpoint_owner(cell_dir: Path, cell_id: str, ckpt: Path) -> None:
-    """A checkpoint left by an earlier config of the same grid point must not be resumed."""
-    from s2l.train import discard_checkpoints
-
-    owner = cell_dir / "ckpt.owner"
-    if not owner.exists() or owner.read_text() != cell_id:
-        discard_checkpoints(ckpt)
-    owner.write_text(cell_id)
-
-
-def _per_test_set(suite, loss: np.ndarray, correct: np.ndarray) -> dict[str, float]:
-    names = np.asarray(suite.sample_test_set)
-    out = {}
-    for name in suite.test_sets:
-        sel = names == name
-        out[f"loss.{name}"] = float(np.mean(loss[sel]))
-        if np.isfinite(correct[sel]).any():
-            out[f"acc.{name}"] = float(np.nanmean(correct[sel]))
-    return out
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+from s2l.lm.cell import CellTask, code_version
+from s2l.lm.config import SweepConfig, parse_sweep
+from s2l.tasks import Stage, Study, register
 
 
 class LMStudy(Study):
@@ -229,23 +78,51 @@ class LMStudy(Study):
                                                      "code_version": code_version()})
 
     def stages(self) -> list[Stage]:
+        from s2l.lm import staged
+
         data = self.config.data
         data_dir = self._data_dir or data.cache_root / data.fingerprint()
-        tasks = [CellTask(cell=c, out=self.out, data_dir=data_dir, tracking_uri=self.tracking_uri,
-                          experiment=self.experiment, parent_run=self._parent)
-                 for c in self.config.cells()]
-        return [Stage("cells", tasks)]
+        common = dict(out=self.out, data_dir=data_dir, tracking_uri=self.tracking_uri,
+                      experiment=self.experiment, parent_run=self._parent)
+        ref = self.config.reference
+        if ref is None:
+            return [Stage("cells", [CellTask(cell=c, **common) for c in self.config.cells()])]
+        fp = staged.predict_fingerprint(self.config)
+        cells = self.config.cells()
+        return [
+            Stage("proxies", [CellTask(cell=c, **common) for c in cells
+                              if c.scale.name != ref.scale]),
+            Stage("predict", [staged.PredictTask(self.config, self.out, self.tracking_uri,
+                                                 self.experiment, self._parent)]),
+            Stage("reference", [staged.ReferenceCellTask(cell=c, predict_fp=fp, **common)
+                                for c in cells if c.scale.name == ref.scale]),
+        ]
+
+    def cell_status(self) -> dict[str, str]:
+        """{cell key: "yes" | "no" | "skipped"} (done, not done, not selected by the prediction)."""
+        out = {}
+        for stage in self.stages():
+            for t in stage.tasks:
+                if isinstance(t, CellTask):
+                    skipped = getattr(t, "is_skipped", lambda: False)()
+                    out[t.key] = "skipped" if skipped else "yes" if t.is_done() else "no"
+        return out
 
     def describe(self) -> str:
-        from s2l.lm.report import describe_cells
+        from s2l.lm.report import describe_cells, describe_stages
 
-        done = [t.is_done() for t in self.stages()[0].tasks]
-        return describe_cells(self.config, self.out, done)
+        status = self.cell_status()
+        text = describe_cells(self.config, self.out, [status[c.key] for c in self.config.cells()])
+        return text + describe_stages(self.config, self.out)
 
     def summary(self) -> str:
-        from s2l.lm.report import final_summary
+        from s2l.lm.report import final_summary, prediction_summary
 
-        return final_summary(self.store_path, self.out / "summary.png", self.tracking_uri)
+        text = final_summary(self.store_path, self.out / "summary.png", self.tracking_uri)
+        if self.config.reference is None:
+            return text
+        return text + "\n" + prediction_summary(self.out, self.tracking_uri, self.experiment,
+                                                 self._parent)
 
 
 @register("lm")
