@@ -247,12 +247,16 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.every_s, self.max_tasks = every_s, max_tasks
         self._last = 0.0
+        self._shown: tuple | None = None
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def __call__(self, p: Progress) -> None:
         finished = p.done + p.failed == p.total
+        if finished and self._shown == (p.stage, p.done, p.failed):
+            return  # jobs still winding down: the final line was printed once
         if not self._tty and not finished and time.time() - self._last < self.every_s:
             return
+        self._shown = (p.stage, p.done, p.failed) if finished else None
         self._last = time.time()
         eta = f"ETA {fmt_s(p.eta_s)}" if p.eta_s is not None and not finished else ""
         line = (f"[{p.stage}] {p.done}/{p.total} done, {p.running} running, {p.pending} pending, "

@@ -15,18 +15,37 @@ Before running, the runner sets up what every task expects of its process:
 - for multi-task jobs (DDP), the torchrun-style env `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
   `MASTER_ADDR`, `MASTER_PORT` from `submitit.JobEnvironment()`; the trainer initialises
   `torch.distributed` from those (`init_method="env://"`).
+
+One live worker per task: given the dispatch folder, the main rank holds the task's lease
+(`hpc.lease.task_lease`: host, pid, heartbeat) from before `run()` until after `publish()`. A
+task whose lease a live worker holds is not run a second time (`TaskBusy`), and a driver does
+not start it (`hpc.local`) nor replay its tracking record (`hpc/submit.py`).
+
+Local jobs die with their driver: `hpc.local` starts each job in a session of its own and
+puts the driver's pid in `S2L_DRIVER_PID`; a daemon thread here kills the job's process group
+within `DRIVER_POLL_S` of the driver's death (a `kill -9` gives the driver no chance to do it),
+and SIGTERM (what the driver sends on Ctrl-C) ends a local task at once instead of being
+ignored as submitit does for Slurm's preemption notice.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import submitit
 
+from hpc.lease import Lease, LeaseBusy, pid_alive, task_lease
 from hpc.resources import Resources
 from s2l.tasks import Task, run_task
+
+DRIVER_ENV = "S2L_DRIVER_PID"  # "pid:start" of the local driver that started this job
+DRIVER_POLL_S = 0.5
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -70,6 +89,37 @@ class PackFailure(RuntimeError):
     """Some tasks of a packed job failed; the others ran to completion (their results are kept)."""
 
 
+class TaskBusy(RuntimeError):
+    """Another live worker runs this task (its lease is held): it is not run twice."""
+
+
+def die_with_driver(value: str | None = None, poll_s: float = DRIVER_POLL_S) -> bool:
+    """Local jobs only: a daemon thread that kills this job's process group once the driver
+    named by `S2L_DRIVER_PID` ("pid:start") is gone. Returns whether it was started: only in
+    a process that leads no group of its own but sits in a session made for the job (the
+    group it kills is then the job's, never a user's shell)."""
+    value = os.environ.get(DRIVER_ENV) if value is None else value
+    if not value or os.environ.get("SUBMITIT_EXECUTOR") != "local":
+        return False
+    pid_text, _, start = value.partition(":")
+    if not pid_text.isdigit() or os.getpgrp() != os.getsid(0):
+        return False
+    pid = int(pid_text)
+
+    def watch() -> None:
+        while pid_alive(pid, start):
+            time.sleep(poll_s)
+        print(f"[s2l] the driver (pid {pid}) is gone: ending this local job", flush=True)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="s2l driver watch").start()
+    return True
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds `finally` blocks: leases released, temp files gone
+
+
 class TaskRunner(submitit.helpers.Checkpointable):
     """Runs `tasks` (all with `resources`) in this job, in order; requeues at most
     `max_requeues` times.
@@ -77,12 +127,33 @@ class TaskRunner(submitit.helpers.Checkpointable):
     The return value is {task key: task.run()'s return value} for the tasks run here.
     """
 
-    def __init__(self, tasks: list[Task], resources: Resources = Resources(), max_requeues: int = 3):
+    def __init__(self, tasks: list[Task], resources: Resources = Resources(), max_requeues: int = 3,
+                 folder: str | Path | None = None, stage: str = ""):
         self.tasks = list(tasks)
         self.resources = resources
         self.max_requeues = max_requeues
+        self.folder = str(folder) if folder is not None else None  # None: no task leases
+        self.stage = stage
         self.requeues = 0
         self._current: int | None = None
+
+    def _run_one(self, task: Task, is_main: bool) -> Any:
+        """`run_task` under the task's lease (main rank; other ranks follow rank 0)."""
+        if self.folder is None or not is_main:
+            return run_task(task, is_main)
+        job = os.environ.get("SLURM_ARRAY_JOB_ID", "") and \
+            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+        job = job or os.environ.get("SLURM_JOB_ID", "")  # a requeued job takes its lease back
+        lease = Lease(task_lease(self.folder, self.stage, task.key), what=f"task {task.key}",
+                      job=job)
+        try:
+            lease.acquire()
+        except LeaseBusy as e:
+            raise TaskBusy(f"task {task.key} is already running ({e}); not running it twice") from None
+        try:
+            return run_task(task, is_main)
+        finally:
+            lease.release()
 
     def __call__(self) -> dict[str, Any]:
         cpus = self.resources.cpus
@@ -91,6 +162,8 @@ class TaskRunner(submitit.helpers.Checkpointable):
         if job_env.num_tasks > 1:
             os.environ.update(ddp_env(job_env))
         is_main = job_env.global_rank == 0  # DDP: only rank 0 marks and publishes
+        if die_with_driver():
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         _set_torch_threads(cpus)
         results: dict[str, Any] = {}
         errors: list[str] = []
@@ -99,10 +172,10 @@ class TaskRunner(submitit.helpers.Checkpointable):
                 continue
             self._current = i
             if len(self.tasks) == 1:
-                results[task.key] = run_task(task, is_main)  # a lone task's error is the job's
+                results[task.key] = self._run_one(task, is_main)  # a lone task's error is the job's
                 continue
             try:
-                results[task.key] = run_task(task, is_main)
+                results[task.key] = self._run_one(task, is_main)
             except Exception:  # keep going: the other packed tasks must not lose their turn
                 tb = traceback.format_exc()
                 print(f"[s2l] task {task.key} failed:\n{tb}", flush=True)

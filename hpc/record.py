@@ -122,5 +122,9 @@ def load_dispatch(folder: str | Path) -> dict:
 
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: leave no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -250,7 +250,8 @@ def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
         try:
             with ex.batch():
                 for j in array:
-                    j.handle = ex.submit(TaskRunner(j.tasks, res, cfg.max_requeues))
+                    j.handle = ex.submit(TaskRunner(j.tasks, res, cfg.max_requeues, folder=folder,
+                                                    stage=stage))
         except Exception as e:  # sbatch refused (unknown partition/account, too much memory...)
             flags = sbatch_flags(executor_params(array[0].resources, cfg, n_pack, "", dependency))
             raise SubmissionError(f"sbatch refused {len(array)} jobs of stage {stage!r} "
@@ -304,16 +305,44 @@ def run_stages(stages: list[Stage], folder: str | Path, cfg: SlurmConfig | None 
         watch(jobs, SlurmBackend(), progress, cfg.poll_s, out, folder)
         if any(f.stage == stage.name for f in out.failed):
             later = [j for _, js in plan[i + 1:] for j in js]
-            cancel([j.job_id for j in later])  # kill-on-invalid-dep does it too; be sure
+            try:
+                cancel([j.job_id for j in later])  # kill-on-invalid-dep does it too; be sure
+            except SlurmError:
+                pass  # those jobs end anyway: their dependency can no longer be met
             out.blocked += [record.task_id(j.stage, t.key) for j in later for t in j.tasks]
             break
     return out
 
 
-def cancel(job_ids: list[str]) -> None:
+def cancel(job_ids: list[str]) -> list[str]:
+    """Cancel the given jobs in ONE scancel call; returns the ids asked for. Raises SlurmError
+    when scancel cannot run or refuses."""
     ids = sorted({j for j in job_ids if j and JOB_ID.fullmatch(j)})
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=120)
+    if not ids:
+        return []
+    try:
+        res = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SlurmError(f"scancel could not run: {e}") from e
+    if res.returncode != 0:
+        raise SlurmError(f"scancel failed ({res.returncode}): {res.stderr.strip()[:300]}")
+    return ids
+
+
+def cpu_seconds(job_ids: list[str]) -> float | None:
+    """CPU time allocated to the given jobs (sacct CPUTimeRAW: cores x elapsed), in ONE sacct
+    call; None when accounting cannot be asked."""
+    mains = sorted({j.split("_")[0] for j in job_ids if j and JOB_ID.fullmatch(j)})
+    if not mains:
+        return 0.0
+    try:
+        res = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "CPUTimeRAW", "-j", ",".join(mains)],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    return float(sum(int(x) for x in res.stdout.split() if x.isdigit()))
 
 
 def describe_plan(stages: list[Stage], cfg: SlurmConfig, max_array: int | None = None,

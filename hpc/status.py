@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where every task of a dispatched study stands: done / running / pending / failed / not submitted.
 
-    python hpc/status.py OUT [--all] [--retry-failed] [--wait]
+    python hpc/status.py OUT [--all] [--wait] [--retry-failed] [--cancel]
 
 Re-derives the study from what the last `hpc/submit.py` recorded as data in `OUT/.s2l`
 (`sweep.yaml`, the sweep as submitted; `dispatch.json`, the cluster and overrides; and
@@ -9,26 +9,35 @@ Re-derives the study from what the last `hpc/submit.py` recorded as data in `OUT
 rest with ONE `sacct` call, and prints one row per task key (LM cells: "scale/mixture/seed");
 failed tasks come with their log file and the last lines of the error. `--retry-failed`
 resubmits every task that is neither done nor still pending/running (what a re-run of
-submit.py does). Nothing in OUT is unpickled or executed: whoever can write an out dir must
-not run code as whoever reads its status.
+submit.py does; it takes the out dir's driver lock like one). `--wait` alone follows a live
+driver (or the Slurm jobs) until nothing runs any more. `--cancel` stops what runs: the Slurm
+jobs recorded and not finished, in ONE scancel call, and a local driver holding the out dir
+(SIGTERM: it stops its jobs and exits 130). Every call first publishes the MLflow runs of done
+cells that a kill left offline (`hpc.tracked`). Nothing in OUT is unpickled or executed:
+whoever can write an out dir must not run code as whoever reads its status.
 
 Exit codes: 0 every task done; 1 some task is not; 2 nothing was dispatched to OUT, or its
-record is not valid (one `error:` line naming the file); 3 the scheduler could not be asked.
+record is not valid (one `error:` line naming the file); 3 the scheduler could not be asked,
+or (--retry-failed) another driver holds the out dir.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import signal
+import socket
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `hpc` importable from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hpc import record  # noqa: E402
+from hpc import record, tracked  # noqa: E402
 from hpc.dispatch import Outcome, ProgressPrinter, printable, tail  # noqa: E402
+from hpc.lease import Lease, LeaseBusy, describe, live_holder  # noqa: E402
 from hpc.resources import SlurmConfig  # noqa: E402
 from s2l.config import ConfigError  # noqa: E402
 from s2l.tasks import Stage, Study, load_study  # noqa: E402
@@ -136,15 +145,56 @@ def format_table(rows: list[Row], show_all: bool = False) -> str:
     return "\n".join(lines)
 
 
+DRIVER_LOCK = "driver.lock"  # hpc/submit.py's LOCK_FILE
+
+
 def retry_failed(d: Dispatched, folder: Path, wait: bool = False) -> Outcome:
-    """Resubmit every task neither done nor pending/running, on the cluster used before."""
+    """Resubmit every task neither done nor pending/running, on the cluster used before,
+    holding the out dir's driver lock (LeaseBusy when a driver holds it)."""
     if d.cluster == "slurm":
         from hpc import slurm as backend
     else:
         from hpc import local as backend
-    d.study.prepare()  # idempotent; what a re-run of submit.py does before dispatching
-    return backend.run_stages(d.study.stages(), folder, d.cfg,
-                              progress=ProgressPrinter() if wait else None, wait=wait)
+    with Lease(folder / DRIVER_LOCK, what="hpc/status.py --retry-failed"):
+        d.study.prepare()  # idempotent; what a re-run of submit.py does before dispatching
+        return backend.run_stages(d.study.stages(), folder, d.cfg,
+                                  progress=ProgressPrinter() if wait else None, wait=wait)
+
+
+def cancel(rows: list[Row], folder: Path) -> str:
+    """Stop what runs: ONE scancel for every recorded Slurm job not finished; SIGTERM to a
+    local driver holding the out dir on this host. Returns what was done, as a line."""
+    from hpc.slurm import cancel as scancel
+
+    said = []
+    ids = sorted({r.job_id for r in rows if r.status in ("running", "pending")
+                  and r.state != "LOCAL" and r.job_id})
+    if ids:
+        scancel(ids)
+        said.append(f"cancelled {len(ids)} Slurm jobs")
+    holder = live_holder(folder / DRIVER_LOCK)
+    if holder and holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        os.kill(holder["pid"], signal.SIGTERM)
+        said.append(f"asked the driver ({describe(holder)}) to stop its jobs")
+    elif holder:
+        said.append(f"the driver runs on another host ({describe(holder)}): stop it there")
+    return "; ".join(said) or "nothing to cancel"
+
+
+def follow(d: Dispatched, folder: Path, every_s: float = 10.0) -> list[Row]:
+    """Print the table whenever it changes until no driver holds the out dir and no task is
+    running or pending; returns the last rows."""
+    last = None
+    while True:
+        rows = collect(d.study.stages(), folder)
+        table = format_table(rows)
+        if table != last:
+            print(table + "\n", flush=True)
+            last = table
+        busy = live_holder(folder / DRIVER_LOCK)
+        if not busy and not any(r.status in ("running", "pending") for r in rows):
+            return rows
+        time.sleep(every_s)
 
 
 def main(argv=None) -> int:
@@ -153,7 +203,12 @@ def main(argv=None) -> int:
     p.add_argument("--all", action="store_true", help="list done tasks too")
     p.add_argument("--retry-failed", action="store_true",
                    help="resubmit tasks that failed or were cancelled (not the running ones)")
-    p.add_argument("--wait", action="store_true", help="with --retry-failed: wait for them")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the live driver / jobs until nothing runs (with --retry-failed: "
+                        "wait for the resubmitted tasks)")
+    p.add_argument("--cancel", action="store_true",
+                   help="cancel the recorded Slurm jobs not finished (one scancel) and stop a "
+                        "local driver holding OUT")
     args = p.parse_args(argv)
     folder = Path(args.out) / ".s2l"
     try:
@@ -164,7 +219,15 @@ def main(argv=None) -> int:
     from hpc.slurm import SlurmError
 
     try:
+        replayed = tracked.replay(d.study, folder)
+        if replayed:
+            print(f"published {replayed} tracking records left offline")
         rows = collect(d.study.stages(), folder)
+        if args.cancel:
+            print(cancel(rows, folder))
+            return 0
+        if args.wait and not args.retry_failed:
+            rows = follow(d, folder)
         print(format_table(rows, args.all))
         if args.retry_failed:
             outcome = retry_failed(d, folder, args.wait)
@@ -172,6 +235,10 @@ def main(argv=None) -> int:
             return 0 if outcome.ok or (outcome.submitted and not outcome.failed) else 1
     except SlurmError as e:
         print(f"error: {printable(str(e))}", file=sys.stderr)
+        return 3
+    except LeaseBusy as e:
+        print(f"error: {printable(str(args.out))} is busy: a driver runs there "
+              f"({printable(describe(e.holder))})", file=sys.stderr)
         return 3
     return 0 if all(r.status == "done" for r in rows) else 1
 

@@ -327,13 +327,23 @@ def test_out_dir_checks(tmp_path, capsys, s2l_cache):
     assert _tree(s2l_cache) == cache_before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_parent_is_refused(tmp_path, capsys):
+    """A parent without write permission (root ignores permissions: for root, a read-only
+    file system, which refuses root too)."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    code, err = _main(capsys, ROOT / "sweeps" / "smoke.yaml", "--out", locked / "a" / "b")
+    if os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"root could not mount a read-only tmpfs: {r.stderr}"
+    try:
+        code, err = _main(capsys, ROOT / "sweeps" / "smoke.yaml", "--out", locked / "a" / "b")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(locked)], capture_output=True)
     _assert_refused(code, err, "--out")
     assert "not writable" in err
+    assert not (locked / "a").exists()
 
 
 @pytest.mark.parametrize("argv,says", [

@@ -98,14 +98,18 @@ def test_interrupted_sweep_reruns_only_missing_cells_with_equal_results(finished
     ref_out, _ = finished
     out = tmp_path / "out"
     cmd = [sys.executable, "hpc/submit.py", SMOKE, "--out", str(out), "--cluster", "local"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Started as a shell starts a background job: SIGINT ignored. The driver installs its own
+    # handler, so Ctrl-C works whatever disposition it inherited.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 300
     done = lambda: list(out.glob("cells/*/*/*/DONE"))
     while len(done()) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-    proc.communicate(timeout=120)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text[-3000:]
     finished_first = {p.parent for p in done()}
     assert 1 <= len(finished_first) < 4
 

@@ -183,6 +183,29 @@ def test_cancelled_task_shows_failed_and_only_it_is_resubmitted(cluster, tmp_pat
 
 
 @pytest.mark.slurm
+def test_status_cancel_cancels_every_unfinished_job_in_one_scancel(cluster, tmp_path, monkeypatch):
+    tasks = [FileTask(tmp_path, f"s/slow/{i}", sleep=300) for i in range(3)]
+    stages = [Stage("train", tasks[:2]), Stage("later", tasks[2:])]
+    out = slurm.run_stages(stages, tmp_path / ".s2l", FAST, wait=False)
+    _wait_until(lambda: Path(tmp_path, "s_slow_0.started").exists(), 60, "a task start")
+    calls = []
+    real_run = subprocess.run
+
+    def spy(cmd, *a, **k):
+        calls.append(cmd[0])
+        return real_run(cmd, *a, **k)
+
+    monkeypatch.setattr(slurm.subprocess, "run", spy)
+    rows = status.collect(stages, tmp_path / ".s2l")
+    assert "cancelled 3 Slurm jobs" in status.cancel(rows, tmp_path / ".s2l")
+    assert calls.count("scancel") == 1
+    _wait_until(lambda: all(r.status == "failed" for r in status.collect(stages, tmp_path / ".s2l")),
+                60, "every job cancelled")
+    states = slurm.sacct_states(list(out.submitted.values()))
+    assert set(states.values()) == {"CANCELLED"}, states
+
+
+@pytest.mark.slurm
 def test_two_rank_gloo_ddp(cluster, tmp_path):
     pytest.importorskip("torch")
     task = DDPTask(tmp_path)

@@ -1,0 +1,62 @@
+"""The driver's side of exactly-once tracking, for study kinds that track (`kind: lm`).
+
+A finished cell writes its whole run as an offline record before its marker and publishes it
+after (`s2l.tracking`). What a kill leaves behind is replayed here, by every `hpc/submit.py`
+before it dispatches and by every `hpc/status.py`: the unsynced records of cells that are
+done and that no live worker holds (`hpc.lease`: a worker publishes under its task lease, so
+a record it is publishing right now is not published a second time). Replays never run two
+at once: they take `OUT/.s2l/replay.lock`, and a replay that finds it held is skipped.
+
+At the end of a submit the sweep's parent run is ended FINISHED, FAILED or KILLED with the
+sweep's counts, wall time and CPU hours (`finish`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpc.lease import Lease, LeaseBusy, live_holder, task_lease
+from s2l import tracking
+from s2l.tasks import Study
+
+REPLAY_LOCK = "replay.lock"
+
+
+def tracks(study: Study) -> bool:
+    """Whether the study logs runs to MLflow (it has a tracking URI and an experiment)."""
+    return bool(getattr(study, "tracking_uri", None) and getattr(study, "experiment", None))
+
+
+def replay(study: Study, folder: str | Path) -> int:
+    """Publish the unsynced offline records of done cells no live worker holds; returns how
+    many were published (0 when the study does not track or another replay runs)."""
+    if not tracks(study) or not tracking.offline_records(study.out):
+        return 0
+    folder = Path(folder)
+    done = {t.fingerprint for s in study.stages() for t in s.tasks
+            if t.is_done() and live_holder(task_lease(folder, s.name, t.key)) is None}
+    lock = Lease(folder / REPLAY_LOCK, what="tracking replay")
+    try:
+        lock.acquire()
+    except LeaseBusy:
+        return 0
+    try:
+        return tracking.replay_done(study.tracking_uri, study.experiment, study.out,
+                                    lambda cell_id: cell_id in done)
+    finally:
+        lock.release()
+
+
+def parent_run(study: Study) -> str:
+    """The sweep's parent run id as the study knows it after `prepare()`, else the run found
+    by the sweep's name (the form `s2l.tracking` resolves for runs recorded offline)."""
+    return getattr(study, "parent_run", None) or getattr(study, "_parent", None) or f"sweep:{study.name}"
+
+
+def finish(study: Study, status: str, metrics: dict[str, float]) -> bool:
+    """End the sweep's parent run with `status`, `metrics` and the summary files present."""
+    if not tracks(study):
+        return False
+    artifacts = {name: study.out / name for name in ("summary.png", "summary.csv")
+                 if (study.out / name).is_file()}
+    return tracking.finish_sweep_run(study.tracking_uri, study.experiment, study.out,
+                                     parent_run(study), status, metrics, artifacts)
