@@ -3,7 +3,7 @@
 A finished cell writes its whole run as an offline record before its marker and publishes it
 after (`s2l.tracking`). What a kill leaves behind is replayed here, by every `hpc/submit.py`
 before it dispatches and by every `hpc/status.py`: the unsynced records of cells that are
-done and that no live worker holds (`hpc.lease`: a worker publishes under its task lease, so
+done and that no live worker holds (records of predictions and scores too) (`hpc.lease`: a worker publishes under its task lease, so
 a record it is publishing right now is not published a second time). Replays never run two
 at once: they take `OUT/.s2l/replay.lock`, and a replay that finds it held is skipped.
 
@@ -32,8 +32,8 @@ def replay(study: Study, folder: str | Path) -> int:
     if not tracks(study) or not tracking.offline_records(study.out):
         return 0
     folder = Path(folder)
-    done = {t.fingerprint for s in study.stages() for t in s.tasks
-            if t.is_done() and live_holder(task_lease(folder, s.name, t.key)) is None}
+    unfinished = {t.fingerprint for s in study.stages() for t in s.tasks
+                  if not t.is_done() or live_holder(task_lease(folder, s.name, t.key))}
     lock = Lease(folder / REPLAY_LOCK, what="tracking replay")
     try:
         lock.acquire()
@@ -41,7 +41,7 @@ def replay(study: Study, folder: str | Path) -> int:
         return 0
     try:
         return tracking.replay_done(study.tracking_uri, study.experiment, study.out,
-                                    lambda cell_id: cell_id in done)
+                                    lambda cell_id: cell_id in unfinished)
     finally:
         lock.release()
 
@@ -49,7 +49,7 @@ def replay(study: Study, folder: str | Path) -> int:
 def parent_run(study: Study) -> str:
     """The sweep's parent run id as the study knows it after `prepare()`, else the run found
     by the sweep's name (the form `s2l.tracking` resolves for runs recorded offline)."""
-    return getattr(study, "parent_run", None) or getattr(study, "_parent", None) or f"sweep:{study.name}"
+    return getattr(study, "parent_run", None) or tracking.sweep_ref(study.name)
 
 
 def finish(study: Study, status: str, metrics: dict[str, float]) -> bool:

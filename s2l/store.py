@@ -215,15 +215,28 @@ def create_store(path: str | Path, layout: StoreLayout) -> str:
     """
     path = Path(path)
     if not path.exists():
-        _write_new(path, layout)
+        # Built beside its place and renamed in: a store left half-made by a full disk or a
+        # kill is never mistaken for one to keep or migrate.
+        tmp = path.with_name(path.name + ".new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _write_new(tmp, layout)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        tmp.rename(path)
         return "created"
     old = open_store(path)
     if _same_layout(old, layout):
         return "kept"
     tmp = path.with_name(path.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_new(tmp, layout)
-    _copy_done_cells(old, tmp, layout)
+    try:
+        _write_new(tmp, layout)
+        _copy_done_cells(old, tmp, layout)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
     path.rename(backup)
     tmp.rename(path)

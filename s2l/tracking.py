@@ -404,10 +404,11 @@ def publish_record(uri: str, experiment: str, out: str | Path, path: Path) -> bo
     return True
 
 
-def replay_done(uri: str, experiment: str, out: str | Path, is_done) -> int:
-    """Publish the unsynced offline records of done cells (`is_done(cell_id) -> bool`) and
-    of sweep runs; records of cells not done (killed before their marker) are left for the
-    cell's re-run to replace. Returns the number of records published."""
+def replay_done(uri: str, experiment: str, out: str | Path, unfinished) -> int:
+    """Publish the unsynced offline records under `out`, except those naming a cell for which
+    `unfinished(cell_id)` is true (a task not done, or still held by a live worker: killed
+    before its marker, its record is replaced by its re-run). Records of runs that are no
+    task's (sweep runs, predictions, scores) are always published. Returns how many."""
     count = 0
     for path in offline_records(out):
         try:
@@ -415,9 +416,15 @@ def replay_done(uri: str, experiment: str, out: str | Path, is_done) -> int:
         except OfflineRecordError:
             continue  # `hpc/sync_tracking.py` names it; a driver must not stop for it
         cells = [r["tags"][CELL_TAG] for r in runs.values() if SWEEP_TAG not in r["tags"]]
-        if all(is_done(c) for c in cells) and publish_record(uri, experiment, out, path):
+        if not any(unfinished(c) for c in cells) and publish_record(uri, experiment, out, path):
             count += 1
     return count
+
+
+def sweep_ref(name: str) -> str:
+    """A parent-run id for the sweep `name` that any tracker resolves (to the run found by
+    the sweep's name), for callers that do not hold the id `sweep_run` returned."""
+    return f"{_OFFLINE_PARENT}{name}"
 
 
 def finish_sweep_run(uri: str, experiment: str, out: str | Path, parent: str | None,

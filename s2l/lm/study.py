@@ -39,7 +39,7 @@ class LMStudy(Study):
         self.tracking_uri = tracking_uri or config.tracking.uri or tracking.default_uri(self.out)
         self.experiment = config.tracking.experiment or config.name
         self._data_dir: Path | None = None
-        self._parent: str | None = None
+        self.parent_run: str | None = None
 
     def groups(self) -> list[str]:
         return [s.name for s in self.config.scales]
@@ -72,7 +72,7 @@ class LMStudy(Study):
         )
         loss_store.create_store(self.store_path, layout)
         tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out)
-        self._parent = tracker.sweep_run(self.name, {"cells": len(cells), "scales": len(self.config.scales),
+        self.parent_run = tracker.sweep_run(self.name, {"cells": len(cells), "scales": len(self.config.scales),
                                                      "mixtures": len(self.config.mixtures),
                                                      "seeds": len(self.config.seeds),
                                                      "code_version": code_version()})
@@ -83,7 +83,7 @@ class LMStudy(Study):
         data = self.config.data
         data_dir = self._data_dir or data.cache_root / data.fingerprint()
         common = dict(out=self.out, data_dir=data_dir, tracking_uri=self.tracking_uri,
-                      experiment=self.experiment, parent_run=self._parent)
+                      experiment=self.experiment, parent_run=self.parent_run)
         ref = self.config.reference
         if ref is None:
             return [Stage("cells", [CellTask(cell=c, **common) for c in self.config.cells()])]
@@ -93,7 +93,7 @@ class LMStudy(Study):
             Stage("proxies", [CellTask(cell=c, **common) for c in cells
                               if c.scale.name != ref.scale]),
             Stage("predict", [staged.PredictTask(self.config, self.out, self.tracking_uri,
-                                                 self.experiment, self._parent)]),
+                                                 self.experiment, self.parent_run)]),
             Stage("reference", [staged.ReferenceCellTask(cell=c, predict_fp=fp, **common)
                                 for c in cells if c.scale.name == ref.scale]),
         ]
@@ -122,7 +122,7 @@ class LMStudy(Study):
         if self.config.reference is None:
             return text
         return text + "\n" + prediction_summary(self.out, self.tracking_uri, self.experiment,
-                                                 self._parent)
+                                                 self.parent_run)
 
 
 @register("lm")
