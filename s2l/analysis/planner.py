@@ -239,8 +239,9 @@ def _recommend(out, per_seed, proxies, ref, target, probability, n_boot, seed, a
         return _more_data(s, per_seed, proxies[k], ref, target, probability, n_boot, seed)
     need = compute_for(a, b, target, x0)  # (B,) log10 compute per replicate
     need = need[np.isfinite(a)]
-    c_prob = float(np.quantile(need, probability)) if need.size else float("inf")
-    c_med = float(np.median(need)) if need.size else float("inf")
+    with np.errstate(invalid="ignore"):  # replicates that never reach it are inf: inf - inf
+        c_prob = float(np.quantile(need, probability)) if need.size else float("inf")
+        c_med = float(np.median(need)) if need.size else float("inf")
     best = max(scales, key=lambda s: s["decision_accuracy"])
     head = (f"every proxy is below {target:g} (best: {best['scale']} at "
             f"{best['decision_accuracy']:.2f} [{best['lo']:.2f}, {best['hi']:.2f}])")
