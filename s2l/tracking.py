@@ -464,3 +464,20 @@ def log_cell(uri: str, experiment: str, out: str | Path, parent: str | None, nam
                        start_time if start_time is not None else now,
                        end_time if end_time is not None else now)
     return publish_record(uri, experiment, out, path)
+
+
+def ui_page(uri: str, experiment: str) -> str:
+    """Where the sweep's training runs open in the MLflow UI: the experiment's page in the
+    "Model training" view (MLflow 3's UI opens on its GenAI overview unless the URL says
+    `workflowType=machine_learning`). A server URI gives a full URL, a sqlite one the page to
+    open after `mlflow ui --backend-store-uri URI` (http://127.0.0.1:5000 by default)."""
+    page = "/#/experiments/{}?workflowType=machine_learning"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+        page = page.format(exp.experiment_id) if exp else page.format("")
+    except Exception:  # noqa: BLE001 - a hint only; never fail a summary for it
+        page = page.format("")
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return base + page

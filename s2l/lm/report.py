@@ -84,7 +84,7 @@ def prediction_summary(out: Path, tracking_uri: str, experiment: str, parent: st
     return scoring.format_score(result) + f"\nscore:   {js}, {cs}"
 
 
-def final_summary(store: Path, figure: Path, tracking_uri: str) -> str:
+def final_summary(store: Path, figure: Path, tracking_uri: str, experiment: str = "") -> str:
     """Correlation of each smaller scale with the largest, per test set, and where things are."""
     lines = []
     try:
@@ -97,6 +97,10 @@ def final_summary(store: Path, figure: Path, tracking_uri: str) -> str:
     lines.append(f"store:   {store}  (xarray.open_zarr(..., consolidated=False))")
     lines.append(f"mlflow:  {tracking_uri}  (mlflow ui --backend-store-uri {tracking_uri})"
                  if tracking_uri.startswith("sqlite") else f"mlflow:  {tracking_uri}")
+    if experiment:
+        from s2l import tracking
+
+        lines.append(f"         runs: {tracking.ui_page(tracking_uri, experiment)}")
     if figure:
         lines.append(f"figure:  {figure}")
     return "\n".join(lines)

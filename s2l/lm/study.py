@@ -118,7 +118,8 @@ class LMStudy(Study):
     def summary(self) -> str:
         from s2l.lm.report import final_summary, prediction_summary
 
-        text = final_summary(self.store_path, self.out / "summary.png", self.tracking_uri)
+        text = final_summary(self.store_path, self.out / "summary.png", self.tracking_uri,
+                             self.experiment)
         if self.config.reference is None:
             return text
         return text + "\n" + prediction_summary(self.out, self.tracking_uri, self.experiment,
