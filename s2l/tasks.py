@@ -29,7 +29,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from s2l.config import ConfigError, read_yaml
+from s2l.config import ConfigError
+from s2l.yamlfile import read_yaml
 
 #: the resource group of tasks that name none (bookkeeping stages: score, select, report)
 DEFAULT_GROUP = "default"

@@ -18,7 +18,7 @@ Cases per class (55 cases; 60 submits with the dry runs and the valid base sweep
   data cache root that is not a directory .................... 3
   files the loader refuses (duplicate keys, anchor bomb, deep
   nesting, UTF-16, binary, non-UTF-8, python tag, too big) ... 9
-Plus unit tests of the loader (`s2l.config.load_yaml_text` / `read_yaml`), of the message
+Plus unit tests of the loader (`s2l.yamlfile.load_yaml_text` / `read_yaml`), of the message
 limits, and a data preparation that runs out of file space (an OSError naming the directory,
 no temporary directory left behind).
 """
@@ -35,8 +35,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from s2l.config import (MAX_BYTES, MAX_DEPTH, ConfigError, Section, check_tracking_uri,
-                        load_yaml_text, read_yaml, shown)
+from s2l.config import ConfigError, Section, check_tracking_uri, shown
+from s2l.yamlfile import MAX_BYTES, MAX_DEPTH, load_yaml_text, read_yaml
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -29,7 +29,8 @@ import pandas as pd
 import yaml
 
 from s2l.analysis import crossscale, load, mixreg
-from s2l.config import MAX_NAME, ConfigError, load_yaml_text, shown
+from s2l.config import MAX_NAME, ConfigError, shown
+from s2l.yamlfile import load_yaml_text
 from s2l.store import StoreError
 
 OBJECTIVE = "objective"  # mixreg.csv's test_set name for a combined objective
