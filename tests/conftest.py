@@ -1,6 +1,7 @@
 """Shared fixtures: a session-wide data cache, a real MLflow server, the sweep files."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -90,3 +91,12 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, env: dict | None
     CompletedProcess with text output."""
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def load_script(name: str):
+    """analysis/NAME.py as a module (the scripts are not a package), for in-process runs."""
+    spec = importlib.util.spec_from_file_location(f"analysis_{name}",
+                                                  ROOT / "analysis" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """The CLIs, the HTML report and the job summary, end to end on synthetic stores."""
 import base64
-import importlib.util
 import io
 import re
 import subprocess
@@ -13,19 +12,12 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from conftest import load_script as _script
 from s2l import store as loss_store
 from s2l.analysis import summary, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _script(name: str):
-    """analysis/NAME.py as a module (the scripts are not a package), for in-process runs."""
-    spec = importlib.util.spec_from_file_location(f"analysis_{name}",
-                                                  ROOT / "analysis" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 CLIS = [_script("correlate"), _script("report")]

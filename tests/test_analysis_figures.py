@@ -1,7 +1,6 @@
 """Figures and texts that do not mislead: points at their true compute, a proxy at chance
 accuracy said so, a negative correlation named, one bootstrap (summary = correlate.py), and a
 single-scale store that has nothing to correlate."""
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,18 +9,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from conftest import load_script as _script
 from s2l import store
 from s2l.analysis import crossscale, figures, pipeline, stats, summary, synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"analysis_{name}",
-                                                  ROOT / "analysis" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
