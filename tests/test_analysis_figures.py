@@ -2,7 +2,6 @@
 accuracy said so, a negative correlation named, one bootstrap (summary = correlate.py), and a
 single-scale store that has nothing to correlate."""
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
