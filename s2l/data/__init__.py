@@ -7,9 +7,12 @@
 
 Modules: `config` (YAML blocks), `corpus` (built-in offline domains), `sources` (hub / local
 files through `datasets`), `tokenizer`, `testsets` + `benchmarks` + `suite` (the fixed test
-suite), `cache` (prepare + load), `mixture` (the sampler).
+suite), `shards` (preparation as stages: plan, tokenizer, one task per shard, finalize;
+`prepare_data` runs them serially) + `streams` (reading a shard) + `tokens` (the concatenated
+view), `cache` (load), `mixture` (the sampler). docs/data.md describes the on-disk layout.
 """
-from s2l.data.cache import PreparedData, prepare_data
+from s2l.data.cache import PreparedData
+from s2l.data.shards import prepare_data
 from s2l.data.config import DataConfig, DomainConfig, TestSetConfig
 from s2l.data.mixture import MixtureSampler
 from s2l.data.testsets import Sample, TestSuite

@@ -6,6 +6,7 @@
       cache_dir: null                       # $S2L_CACHE or ~/.cache/s2l
       max_mb_per_domain: 2
       heldout_frac: 0.05
+      shard_mb: 64                          # text per tokenization task (docs/data.md)
       domains:
         code: {source: builtin, name: python}
         wiki: {source: hub, path: wikitext, config: wikitext-103-raw-v1, split: train}
@@ -37,6 +38,8 @@ from s2l.config import ConfigError, Section, check_name, key_path, one_of, posit
 # Bump when extraction, splitting, tokenization or test-set construction changes, so old
 # caches are not reused for arrays that would now come out differently.
 FORMAT_VERSION = 2
+# Bump when reading or sampling hub/files sources changes (enters only their fingerprints).
+STREAM_VERSION = 1
 
 MAX_SEQ_LEN = 1 << 20  # tokens; a longer context is a typo, not a proxy model
 MAX_VOCAB = 1 << 24
@@ -103,6 +106,9 @@ class DataConfig:
     cache_dir: str | None = None
     max_mb_per_domain: float = 2.0  # 7 default domains x 2 MB: prepares in ~30 s on 2 cores
     heldout_frac: float = 0.05
+    # MB of source text per shard (one tokenization task). Not in to_dict/fingerprint: shards
+    # concatenate to the same token streams whatever their size (docs/data.md).
+    shard_mb: float = 64.0
     domain_configs: tuple[DomainConfig, ...] = ()
     test_sets: tuple[TestSetConfig, ...] = ()
 
@@ -122,16 +128,26 @@ class DataConfig:
         """JSON-able; everything that determines the prepared data (cache_dir excluded)."""
         d = dataclasses.asdict(self)
         d.pop("cache_dir")
+        d.pop("shard_mb")
         d["format_version"] = FORMAT_VERSION
         return d
 
     def fingerprint(self) -> str:
         """Stable 16-hex hash of `to_dict()` plus the size of each local data file (so edited
         files give a new cache). Built-in sources are fixed by FORMAT_VERSION and the installed
-        packages; they are not hashed to keep this cheap."""
+        packages; they are not hashed to keep this cheap.
+
+        Configs with a hub/files domain also hash each data file's mtime and STREAM_VERSION
+        (how streamed sources are read and sampled, s2l.data.shards), so an edited file of the
+        same size gives a new directory too; builtin-only configs (the default corpus) keep
+        the fingerprint they had before sharding, since their arrays did not change."""
         d = self.to_dict()
         d["file_sizes"] = [[f, os.path.getsize(f) if os.path.exists(f) else -1]
                            for dc in self.domain_configs for f in dc.data_files]
+        if any(dc.source != "builtin" for dc in self.domain_configs):
+            d["stream_version"] = STREAM_VERSION
+            d["file_mtimes"] = [os.stat(f).st_mtime_ns if os.path.exists(f) else -1
+                                for dc in self.domain_configs for f in dc.data_files]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -160,6 +176,8 @@ class DataConfig:
             max_mb_per_domain=data.get("max_mb_per_domain", float, d.max_mb_per_domain, positive),
             heldout_frac=data.get("heldout_frac", float, d.heldout_frac,
                                   lambda v: None if 0 < v < 1 else "must be in (0, 1)"),
+            shard_mb=data.get("shard_mb", float, d.shard_mb, lambda v: positive(v) or (
+                None if v >= 0.001 else "must be >= 0.001 (1 kB)")),
         )
         doms = data.section("domains")
         raw = doms.data or DEFAULT_DOMAINS

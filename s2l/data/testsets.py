@@ -89,7 +89,8 @@ def _rng(name: str) -> np.random.Generator:
 def heldout_windows(ids: list[list[int]], eos: int, n: int, L: int) -> np.ndarray:
     """int32 (<= n, L): non-overlapping windows of the held-out documents' token stream (EOS
     between documents, as in training), evenly spaced over the stream."""
-    stream = np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int32)
+    parts = [p for doc in ids for p in (np.asarray(doc, dtype=np.int32), np.int32([eos]))]
+    stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     k = len(stream) // L
     if k == 0:
         return np.zeros((0, L), np.int32)
