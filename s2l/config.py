@@ -373,9 +373,11 @@ class TrainConfig:
     weight_decay: NonNegative = 0.1
     beta2: Annotated[float, pydantic.Field(ge=0, lt=1)] = 0.95
     grad_clip: NonNegative = 1.0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on CUDA; on a CPU with fast bf16 (AMX) from 4M params for training,
+    # ~50k for evaluation, else fp32 (s2l.train.resolve_precision, docs/performance.md)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
-    eval_batch_size: Count = 16
+    eval_batch_size: Count = 64  # rows per forward; sorted by length and cut to the longest
     checkpoint_every: Count = 200  # optimizer steps; also on SIGUSR2 / timeout
     log_every: Count = 25
     threads: Count = 1  # torch threads per local process (selection and attribution studies)

@@ -14,33 +14,79 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s2l.train import autocast
+from s2l.train import (autocast, gpt2_hidden, lean_forward_ok, non_embedding_params,
+                       resolve_precision)
+
+#: Stated bound on |loss_bf16 - loss_fp32| / max(1, loss_fp32) for a sample's mean loss when
+#: evaluation runs in bf16 autocast (matmuls in bf16, softmax in fp32); tested on a trained
+#: model in tests/test_precision.py. Well below the seed-to-seed spread of a proxy's losses.
+BF16_EVAL_TOLERANCE = 0.02
+
+#: Target positions put through the vocabulary head at a time: a (rows, V) fp32 block of
+#: logits that stays in L2 (512 x 1024 x 4 B = 2 MiB).
+HEAD_CHUNK_ROWS = 512
+
+
+def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+             chunk: int = HEAD_CHUNK_ROWS) -> torch.Tensor:
+    """Cross-entropy of each position: hidden (K, d), weight (V, d), targets int64 (K,) ->
+    fp32 (K,) = logsumexp(h W^T) - (h W^T)[target], block by block, softmax math in fp32
+    (matmuls in autocast's dtype when it is on)."""
+    out = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
+    for lo in range(0, hidden.size(0), chunk):
+        logits = (hidden[lo:lo + chunk] @ weight.t()).float()      # (c, V)
+        t = targets[lo:lo + chunk, None]
+        out[lo:lo + chunk] = -torch.log_softmax(logits, 1).gather(1, t)[:, 0]
+    return out
+
+
+def last_target(loss_mask: np.ndarray) -> np.ndarray:
+    """int64 (R,): index of each row's last target position, 0 for a row without targets."""
+    L = loss_mask.shape[1]
+    has = loss_mask.any(1)
+    return np.where(has, L - 1 - np.argmax(loss_mask[:, ::-1], 1), 0).astype(np.int64)
 
 
 @torch.inference_mode()
 def row_losses(model: torch.nn.Module, tokens: np.ndarray, loss_mask: np.ndarray,
                batch_size: int = 16, precision: str = "auto") -> np.ndarray:
-    """Mean target-token cross-entropy of each row: float64 (R,).
+    """Mean target-token cross-entropy of each row: float64 (R,) (0 for a row without targets).
 
-    Small batches keep the logits (B, L, V) in cache on CPU (faster than large ones there).
-    The cross-entropy is logsumexp(logits) - logit[target], computed in fp32.
+    tokens int (R, L), loss_mask bool (R, L): position j is a target predicted from tokens
+    [:j]. Work is only spent where it counts: rows are sorted by their last target position
+    and batched `batch_size` at a time, each batch cut to its longest row (causal attention:
+    a row's losses do not depend on the padding after it, nor on its batch mates), and only
+    the target positions go through the vocabulary head (`head_nll`). No autograd state
+    (inference mode). `precision` as in `s2l.train.resolve_precision` ("auto" decides by
+    device, CPU capability and model size).
     """
     device = next(model.parameters()).device
     model.eval()
-    out = np.empty(len(tokens), dtype=np.float64)
-    for lo in range(0, len(tokens), batch_size):
-        ids = torch.from_numpy(tokens[lo:lo + batch_size].astype(np.int64)).to(device)
-        mask = torch.from_numpy(loss_mask[lo:lo + batch_size]).to(device)
-        # Trim right padding shared by the whole batch: less work for short rows.
-        width = int(mask.any(0).nonzero().max()) + 1
-        ids, mask = ids[:, :width], mask[:, :width]
+    precision = resolve_precision(precision, device, non_embedding_params(model), inference=True)
+    out = np.zeros(len(tokens), dtype=np.float64)
+    last = last_target(loss_mask)
+    rows = np.flatnonzero(last > 0)
+    order = rows[np.argsort(-last[rows], kind="stable")]          # longest first
+    fast = hasattr(model, "transformer") and hasattr(model, "lm_head")
+    lean = lean_forward_ok(model)
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo:lo + batch_size]
+        width = int(last[idx[0]])                                 # inputs 0..width-1
+        ids = torch.from_numpy(tokens[idx, :width + 1].astype(np.int64)).to(device)
+        mask = torch.from_numpy(loss_mask[idx, 1:width + 1]).to(device)  # (b, width)
+        target = ids[:, 1:][mask]                                  # (K,)
         with autocast(device, precision):
-            logits = model(input_ids=ids[:, :-1]).logits
-        logits = logits.float()
-        target = ids[:, 1:]
-        nll = torch.logsumexp(logits, -1) - logits.gather(-1, target[..., None])[..., 0]
-        m = mask[:, 1:].float()
-        out[lo:lo + len(ids)] = ((nll * m).sum(1) / m.sum(1).clamp_min(1)).double().cpu().numpy()
+            if fast:
+                hidden = (gpt2_hidden(model, ids[:, :-1]) if lean
+                          else model.transformer(input_ids=ids[:, :-1]).last_hidden_state)
+                nll = head_nll(hidden[mask], model.lm_head.weight, target)
+            else:  # any other causal LM: full logits
+                logits = model(input_ids=ids[:, :-1]).logits[mask].float()
+                nll = -torch.log_softmax(logits, -1).gather(1, target[:, None])[:, 0]
+        row = torch.nonzero(mask)[:, 0]                            # (K,) batch row of each
+        sums = torch.zeros(len(idx), dtype=torch.float64, device=device)
+        sums.index_add_(0, row, nll.double())
+        out[idx] = (sums / mask.sum(1)).cpu().numpy()
     return out
 
 

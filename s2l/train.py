@@ -5,6 +5,11 @@ come from `batch_fn(step)`, a pure function of the step index, and checkpoints h
 optimizer and step. So a cell that is killed, preempted or requeued resumes from its last
 checkpoint and ends with bit-identical weights on the same hardware and thread count.
 
+Speed (docs/performance.md): the vocabulary head and its cross-entropy are fused and blocked
+(`linear_cross_entropy`: the (B, T, V) logits never exist), GPT-2's forward runs without the
+transformers wrapper's fixed cost where that is exact (`gpt2_hidden`), AdamW is fused, and
+`precision: auto` is resolved by device, CPU capability and model size (`resolve_precision`).
+
 Runs on CPU or one CUDA device, in bf16 autocast when asked (`precision`), and under
 torch.distributed (DDP) when launched with WORLD_SIZE > 1 (torchrun-style env vars, set by
 `hpc/` from the Slurm job): every rank computes the same global batch indices and takes its
@@ -57,13 +62,213 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+#: Smallest non-embedding parameter count at which `precision: auto` picks bf16 autocast on a
+#: CPU with fast bf16 (AMX) for training. Below it the casts and bf16 kernels' fixed costs
+#: outweigh the faster matmuls (benchmarks/bench_train.py, docs/performance.md: s2l training
+#: bf16/fp32 0.46-0.74x at 20k-500k, 0.90-1.00x at 1M, 0.95-0.97x at 2.7M, 1.10x at 4.7M).
+BF16_CPU_MIN_PARAMS = 4_000_000
+#: The same for inference (`s2l.evaluate`): forward-only passes have no backward and optimizer
+#: casts to amortise, so bf16 pays from smaller sizes (measured: eval bf16/fp32 1.0x at 25k,
+#: 1.1x at 57k, 1.2x at 100k-200k).
+BF16_CPU_MIN_PARAMS_INFERENCE = 50_000
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of the first processor in `path` (empty when unreadable)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def fast_cpu_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when this CPU runs bf16 matmuls much faster than fp32: AMX tiles with bf16
+    (Sapphire Rapids and later: ~4x fp32 per core). AVX512_BF16 alone gives ~2x on paper and
+    less in practice once the casts are paid, so it does not count."""
+    flags = cpu_flags() if flags is None else flags
+    return "amx_bf16" in flags and torch.backends.mkldnn.is_available()
+
+
+def resolve_precision(requested: str, device: torch.device, n_params: int,
+                      flags: frozenset[str] | None = None, inference: bool = False) -> str:
+    """The precision a run uses: "fp32" or "bf16" (autocast).
+
+    requested: "fp32" | "bf16" (taken as is) | "auto": bf16 on CUDA (when the GPU supports it),
+    on CPU bf16 only with fast bf16 (`fast_cpu_bf16`) AND n_params (non-embedding) >=
+    `BF16_CPU_MIN_PARAMS` (`BF16_CPU_MIN_PARAMS_INFERENCE` when `inference`), fp32 otherwise.
+    A pure function of (device, CPU flags, size): the same machine always decides the same
+    way. `flags` overrides /proc/cpuinfo (tests).
+    """
+    if requested in ("fp32", "bf16"):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {requested!r}")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    floor = BF16_CPU_MIN_PARAMS_INFERENCE if inference else BF16_CPU_MIN_PARAMS
+    if device.type == "cpu" and fast_cpu_bf16(flags) and n_params >= floor:
+        return "bf16"
+    return "fp32"
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    """Parameters outside the token and position embeddings (the tied head counts as the
+    token embedding), the size `resolve_precision` decides on."""
+    skip = set()
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        emb = getattr(model, get, lambda: None)()
+        if emb is not None:
+            skip.add(id(emb.weight))
+    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
+    if wpe is not None:
+        skip.add(id(wpe.weight))
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA by default ("auto"); on CPU only when asked ("bf16"): it pays
-    off there only from ~5M parameters (docs/architecture.md, measured choices)."""
+    """bf16 autocast when `precision` is "bf16" (resolve "auto" first with
+    `resolve_precision`; an unresolved "auto" means bf16 on CUDA only)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+#: Rows of the vocabulary head computed at a time by `linear_cross_entropy`, by matmul dtype:
+#: in fp32 a (512, V) block of logits stays in a core's L2 cache (512 x 1024 x 4 B = 2 MiB)
+#: instead of round-tripping a (B T, V) tensor through memory three times (logits,
+#: log-softmax, grad); bf16 (AMX) matmuls need taller blocks to run at speed (measured:
+#: 256 rows is slower than the unfused head in bf16, 1024 faster).
+HEAD_CHUNK_ROWS = {torch.float32: 512, torch.bfloat16: 1024, torch.float16: 1024}
+
+
+def _compute_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's when it is on, else the tensors' own."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits = hidden @ weight.T, with the gradient computed in the
+    forward pass, block by block (see `linear_cross_entropy`)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        m = hidden.size(0)
+        cdt = _compute_dtype(hidden.device.type, hidden.dtype)
+        chunk = chunk or HEAD_CHUNK_ROWS.get(cdt, 512)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(cdt)
+            grad_h = torch.empty(hidden.shape, dtype=cdt, device=hidden.device)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for lo in range(0, m, chunk):
+                h = hidden[lo:lo + chunk].to(cdt)
+                t = targets[lo:lo + chunk, None]
+                logp = torch.log_softmax((h @ w.t()).float(), 1)  # (c, V), fp32 softmax math
+                total -= logp.gather(1, t).sum()
+                p = logp.exp_()                                   # softmax, in place
+                p.scatter_add_(1, t, torch.full(t.shape, -1.0, device=p.device))  # - one-hot
+                p = p.to(cdt)
+                torch.mm(p, w, out=grad_h[lo:lo + chunk])       # d loss_sum / d h
+                if cdt == torch.float32:
+                    grad_w.addmm_(p.t(), h)                     # d loss_sum / d W
+                else:
+                    grad_w += (p.t() @ h).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.m, ctx.h_dtype, ctx.w_dtype = m, hidden.dtype, weight.dtype
+        return total / m
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_out / ctx.m
+        return ((grad_h * scale).to(ctx.h_dtype), (grad_w * scale).to(ctx.w_dtype), None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the vocabulary head: F.cross_entropy(hidden @ weight.T, targets).
+
+    hidden (M, d), weight (V, d), targets int64 (M,) -> fp32 scalar. The logits never exist
+    as a whole: each block of `chunk` rows is computed, turned into its loss and its gradient
+    (softmax - one-hot) while it is in cache, and multiplied back into d hidden (M, d) and
+    d weight (V, d) at once; backward only scales them (`chunk` None: `HEAD_CHUNK_ROWS`). Same
+    FLOPs as the unfused head + loss, a third of its memory traffic, and no (M, V)
+    log-softmax written and read back (15% of a step at 100k params).
+    Matmuls run in autocast's dtype when autocast is on; the softmax is always fp32.
+    Deterministic: a fixed block order.
+    """
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+
+
+def lean_forward_ok(model) -> bool:
+    """True when `gpt2_hidden` computes exactly what the transformers forward would: a plain
+    GPT-2 (no cross-attention), SDPA attention, no active dropout, default attention scaling."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "model_type", None) != "gpt2" or not hasattr(model, "transformer"):
+        return False
+    dropout = model.training and max(cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop) > 0
+    return (cfg._attn_implementation == "sdpa" and not cfg.add_cross_attention and not dropout
+            and not cfg.reorder_and_upcast_attn and not cfg.scale_attn_by_inverse_layer_idx)
+
+
+def gpt2_hidden(model, input_ids):
+    """The final hidden states (after ln_f) of a `GPT2LMHeadModel`: input_ids int64 (B, T) ->
+    (B, T, d), without the vocabulary head.
+
+    The same operations on the same parameters as `model.transformer(input_ids)` (checked
+    bit for bit in tests/test_train_eval.py), minus the wrapper's fixed cost: output
+    capturing, mask construction, attention dispatch, p=0 dropout modules - ~2 ms per call,
+    20% of an evaluation batch at 20k parameters. Use only when `lean_forward_ok(model)`.
+    """
+    F = torch.nn.functional
+    tf = model.transformer
+    B, T = input_ids.shape
+    x = tf.wte(input_ids) + tf.wpe.weight[:T]                  # positions 0..T-1
+    d = x.size(-1)
+    for blk in tf.h:
+        attn, mlp = blk.attn, blk.mlp
+        h = F.layer_norm(x, (d,), blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)
+        qkv = torch.addmm(attn.c_attn.bias, h.view(-1, d), attn.c_attn.weight).view(B, T, 3 * d)
+        q, k, v = qkv.split(d, dim=2)
+        q, k, v = (t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=attn.scaling)
+        y = y.transpose(1, 2).reshape(B * T, d)
+        x = x + torch.addmm(attn.c_proj.bias, y, attn.c_proj.weight).view(B, T, d)
+        h = F.layer_norm(x, (d,), blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps)
+        h = mlp.act(torch.addmm(mlp.c_fc.bias, h.view(-1, d), mlp.c_fc.weight))
+        x = x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(B, T, d)
+    return F.layer_norm(x, (d,), tf.ln_f.weight, tf.ln_f.bias, tf.ln_f.eps)
+
+
+class LMLoss(torch.nn.Module):
+    """The training objective as one module: a GPT-2-style causal LM (`.transformer` and a
+    `.lm_head` tied to the embedding, as `s2l.model.build_model` makes) and its mean next-token
+    cross-entropy through `linear_cross_entropy`, so the (B, T, V) logits are never built.
+    Wrapping the pair (not the LM alone) in DDP keeps the gradient all-reduce working; the
+    checkpoints still hold `model.state_dict()`, loadable with `from_pretrained`."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """inputs, targets int64 (B, T) -> fp32 scalar."""
+        model = self.model
+        if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
+            logits = model(input_ids=inputs).logits  # any other causal LM: the plain path
+            return torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        hidden = (gpt2_hidden(model, inputs) if lean_forward_ok(model)
+                  else model.transformer(input_ids=inputs).last_hidden_state)  # (B, T, d)
+        return linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), model.lm_head.weight,
+                                    targets.reshape(-1))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -72,8 +277,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=fused or None)
+    # Fused AdamW (one kernel over all parameters, CUDA and CPU): on CPU the default is the
+    # per-parameter for-loop, ~10 kernels per tensor.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=True)
 
 
 class Diverged(RuntimeError):
@@ -107,7 +313,11 @@ class Distributed:
     def mean(self, value: float) -> float:
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        # NCCL reduces only CUDA tensors (a CPU one fails: "No backend type associated with
+        # device type cpu", seen on an H200); gloo only CPU ones
+        nccl = torch.distributed.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else None
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
         return t.item() / self.world
 
@@ -182,6 +392,8 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
                          f"{dist.world} processes of a multi-GPU/multi-task cell")
     device = pick_device()
     model.to(device)
+    precision = resolve_precision(cfg.precision, device, non_embedding_params(model))
+    vocab = model.config.vocab_size  # ln V: the divergence guard's uniform-guess loss
     optimizer = make_optimizer(model, cfg)
     start, history = 0, []
     state = load_checkpoint(checkpoint, device) if checkpoint is not None else None
@@ -193,7 +405,7 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
                           for x in state.get("window", [])]
         if dist.is_main:
             print(f"[s2l] resumed from {checkpoint} at step {start}/{total_steps}", flush=True)
-    net = dist.wrap(model, device)
+    net = dist.wrap(LMLoss(model), device)
     if cfg.compile:
         net = torch.compile(net)
     net.train()
@@ -205,10 +417,8 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
         inputs, targets = batch[:, :-1], batch[:, 1:]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, cfg)
-        with autocast(device, cfg.precision):
-            logits = net(input_ids=inputs).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        with autocast(device, precision):
+            loss = net(inputs, targets)
         if not torch.isfinite(loss):  # one sync per step: free on CPU, cheap next to a step
             raise Diverged(f"training loss is {loss.item()} at step {step + 1}/{total_steps}")
         optimizer.zero_grad(set_to_none=True)
@@ -227,7 +437,7 @@ def train(model: torch.nn.Module, batch_fn: Callable[[int], np.ndarray], total_s
             history.append((done, mean))
             # Diverged: far above its best AND worse than a uniform guess over the vocabulary
             # (ln V); the second condition keeps near-zero losses' noise from tripping it.
-            best, uniform = min(m for _, m in history), math.log(logits.size(-1))
+            best, uniform = min(m for _, m in history), math.log(vocab)
             if mean > max(cfg.diverge_factor * best, uniform):
                 raise Diverged(f"training loss rose to {mean:.4g} at step {done}/{total_steps}: "
                                f"{mean / best:.1f}x its best {best:.4g} (train.diverge_factor "
