@@ -73,7 +73,17 @@ def pid_alive(pid: int, start: str = "") -> bool:
         pass  # exists, owned by someone else
     except (OSError, OverflowError):
         return False
+    if _zombie(pid):  # dead, only not reaped yet (its parent is busy): its jobs must end too
+        return False
     return not start or pid_start(pid) in ("", start)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # the state field, after comm
+    except (OSError, IndexError):
+        return False
 
 
 def describe(holder: dict) -> str:

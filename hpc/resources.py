@@ -12,6 +12,13 @@ library (`s2l/`) knows nothing of any of this.
       pack: 3
       setup: ["module load cuda/12.1"]
       env: {HF_HOME: /scratch/hf}
+      data: {mem_gb: 8, time: "2:00:00"}   # data-preparation tasks (tokenizer, shards, finalize)
+
+Data-preparation tasks (`s2l.lm.prepare`: the tokenizer, one task per shard, finalize) carry
+the group tag `DATA_GROUP`, which no scale can be named (names start with a letter or digit).
+Their resources are the defaults' scheduler fields (partition, account, qos, constraint,
+sbatch extras) with 1 cpu, no GPU, one node and one task, memory and time derived from the
+largest shard (`data_resources`), and then whatever `slurm.data` sets.
 
 Every value of the block ends up in a shell script (the sbatch file, or the shell line that
 starts a local job), so the block is read as typed models (`s2l.config.ConfigModel`: wrong
@@ -48,7 +55,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, Field, PlainValidator
 from pydantic_core import PydanticCustomError
@@ -85,6 +92,20 @@ DENIED: dict[str, str] = {
 }
 #: real sbatch options that are also prefixes of a denied one (getopt_long prefers an exact match)
 SBATCH_EXACT = frozenset({"gpus"})
+
+
+#: the group tag of data-preparation tasks (`s2l.lm.prepare.DATA_GROUP`, the same string): not
+#: a valid user-chosen name, so it cannot collide with a scale, width or proxy-size group
+DATA_GROUP = "_data"
+
+#: derived data-task resources: a worker holds about 2x its shard (the text and its tokens)
+#: plus the interpreter with tokenizers/datasets (~0.5 GB); tokenizing runs at >= ~1 MB/s per
+#: core (measured ~3-4 MB/s, benchmarks/bench_prepare.py), so the time limit allows 4x that
+DATA_BASE_GB = 1.0
+DATA_MEM_PER_GB = 3.0
+DATA_MIN_GB = 2.0
+DATA_MIN_TIME = 30  # minutes
+DATA_S_PER_MB = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,12 +253,15 @@ class ResourceBlock(ConfigModel):
 
 
 class SlurmBlock(ConfigModel):
-    """The `slurm:` block as written (`defaults` and `resources` are read as ResourceBlocks)."""
+    """The `slurm:` block as written (`defaults`, `resources.<group>` and `data` are read as
+    ResourceBlocks)."""
 
     defaults: Optional[dict] = None
     resources: Optional[dict] = None
+    data: Optional[dict] = None
     array_parallelism: int = Field(256, ge=1, le=LIMITS["array_parallelism"])
     pack: int = Field(1, ge=1, le=LIMITS["pack"])
+    pack_mode: Literal["auto", "serial", "vmap"] = "auto"
     max_requeues: int = Field(3, ge=0, le=LIMITS["max_requeues"])
     setup: Optional[list[Text]] = None
     env: Optional[dict[str, Scalar]] = None
@@ -271,15 +295,33 @@ def resolve(data: Any, base: Resources, path: str) -> Resources:
     return r
 
 
+def data_resources(default: Resources, task_bytes: int) -> Resources:
+    """What a data-preparation task gets unless `slurm.data` says otherwise: the defaults'
+    scheduler fields (partition, account, ...), 1 cpu, no GPU, one node and task, memory and
+    time from `task_bytes` (the largest shard's text, or the tokenizer's sample)."""
+    gb = max(0, task_bytes) / 2 ** 30
+    mem = max(DATA_MIN_GB, math.ceil(2 * (DATA_BASE_GB + DATA_MEM_PER_GB * gb)) / 2)
+    minutes = DATA_MIN_TIME + math.ceil(DATA_S_PER_MB * task_bytes / 2 ** 20 / 60)
+    return dataclasses.replace(default, gpus=0, cpus=1, nodes=1, tasks_per_node=1,
+                               mem_gb=min(mem, LIMITS["mem_gb"]),
+                               time_min=min(minutes, LIMITS["time_min"]))
+
+
 @dataclasses.dataclass(frozen=True)
 class SlurmConfig:
-    """How tasks become jobs. `per_group` maps group tags to their resources; every other tag
-    (and "default") gets `default`."""
+    """How tasks become jobs. `per_group` maps group tags to their resources; `DATA_GROUP`
+    gets `data` (None: derived from the defaults and `data_bytes`, see `data_resources`);
+    every other tag (and "default") gets `default`."""
 
     default: Resources = Resources()
     per_group: tuple[tuple[str, Resources], ...] = ()
+    data: Resources | None = None
+    data_bytes: int = 0  # the largest data task's input (bytes of text), for derived resources
     array_parallelism: int = 256  # max array tasks running at once (%N)
     pack: int = 1  # tasks per job: tiny proxies share one job's start-up cost
+    # how a job runs its pack: "serial" one task after another; "vmap" same-shape cells as
+    # one batched model (s2l.packed); "auto" vmap on a GPU job, serial on CPUs (hpc.node)
+    pack_mode: str = "auto"
     max_requeues: int = 3
     setup: tuple[str, ...] = ()  # shell lines run before the task (module load, venv activate)
     env: tuple[tuple[str, str], ...] = ()
@@ -288,15 +330,22 @@ class SlurmConfig:
 
     def resources_for(self, group: str) -> Resources:
         """The resources of a task's group tag ("default" and unknown tags: the defaults)."""
+        if group == DATA_GROUP:
+            return self.data or data_resources(self.default, self.data_bytes)
         return dict(self.per_group).get(group, self.default)
 
     @classmethod
     def for_study(cls, study) -> "SlurmConfig":
-        """The `slurm:` block of a loaded `s2l.tasks.Study`, checked against its groups."""
-        return cls.from_raw(study.raw.get("slurm"), study.groups())
+        """The `slurm:` block of a loaded `s2l.tasks.Study`, checked against its groups. A study
+        with data-preparation tasks says how big the largest one's input is
+        (`data_task_bytes()`), from which their memory and time are derived."""
+        sizer = getattr(study, "data_task_bytes", None)
+        return cls.from_raw(study.raw.get("slurm"), study.groups(),
+                            data_bytes=int(sizer()) if callable(sizer) else 0)
 
     @classmethod
-    def from_raw(cls, data: Any, groups: list[str] = (), path: str = "slurm") -> "SlurmConfig":
+    def from_raw(cls, data: Any, groups: list[str] = (), path: str = "slurm",
+                 data_bytes: int = 0) -> "SlurmConfig":
         """Validate a `slurm:` mapping (None: all defaults); raises ConfigError with key paths."""
         if isinstance(data, dict):
             _check_keys(data.get("env"), f"{path}.env", env_name_problem)
@@ -309,8 +358,12 @@ class SlurmConfig:
                                   f"no resource group named {shown(name)}; this sweep's "
                                   f"groups are {list(groups)}")
             per.append((name, resolve(sub, default, f"{path}.resources.{name}")))
-        return cls(default=default, per_group=tuple(per),
+        data_res = None
+        if block.data is not None:
+            data_res = resolve(block.data, data_resources(default, data_bytes), f"{path}.data")
+        return cls(default=default, per_group=tuple(per), data=data_res, data_bytes=data_bytes,
                    array_parallelism=block.array_parallelism, pack=block.pack,
+                   pack_mode=block.pack_mode,
                    max_requeues=block.max_requeues, setup=tuple(block.setup or ()),
                    env=tuple((block.env or {}).items()), submit_batch=block.submit_batch,
                    poll_s=block.poll_s)

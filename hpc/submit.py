@@ -192,6 +192,8 @@ def _main(args: argparse.Namespace) -> int:
         sweep_text = Path(args.sweep).read_text()
         cfg = SlurmConfig.for_study(study)
         check_out_dir(study.out)
+        # e.g. token budgets that repeat a domain (s2l.lm.budget): said, not refused
+        warnings = [] if args.dry_run else getattr(study, "warnings", list)()
     except ConfigError as e:
         print(f"error: {printable(args.sweep)}: {printable(str(e))}", file=sys.stderr)
         return 2
@@ -200,7 +202,9 @@ def _main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
-    if args.dry_run:  # takes no lock, writes nothing
+    for w in warnings:
+        print(w if w.startswith(" ") else f"warning: {printable(w)}", file=sys.stderr)
+    if args.dry_run:  # takes no lock, writes nothing (the study's describe() has its warnings)
         print(study.describe())
         if cluster == "slurm":
             from hpc.slurm import describe_plan

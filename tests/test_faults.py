@@ -104,12 +104,13 @@ def _nothing_left(out: Path, within: float = 10.0) -> float:
 
 
 def _trainings(out: Path) -> Counter:
-    """Cells trained to completion, counted from every job's result file."""
+    """Cells trained to completion, counted from every job's result file (the data stages'
+    tasks, which run first in a cold cache, are not cells)."""
     count: Counter = Counter()
     for f in (out / ".s2l" / "logs").glob("*/*_result.pkl"):
         outcome, result = pickle.loads(f.read_bytes())
-        if outcome == "success":
-            count.update(list(result))  # {cell key: its results}
+        if outcome == "success":  # {task key: its results}; a cell's key starts with its scale
+            count.update(k for k in result if k.split("/")[0] in SMOKE["scales"])
     return count
 
 

@@ -36,6 +36,16 @@ from conftest import ROOT, run_cli
 SMOKE = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def smoke_data(s2l_cache):
+    """smoke.yaml's data prepared up front, in-process (`s2l.data.prepare_data`): these tests
+    count the cells' jobs and arrays; the data stages have their own (test_prepare_stage.py)."""
+    from s2l.data import prepare_data
+    from s2l.lm.config import parse_sweep
+
+    prepare_data(parse_sweep(copy.deepcopy(SMOKE), ROOT / "sweeps" / "smoke.yaml").data)
+
+
 def _write_sweep(path: Path, raw: dict | None = None, **top) -> Path:
     raw = copy.deepcopy(raw or SMOKE)
     raw.setdefault("slurm", {}).setdefault("poll_s", 1)

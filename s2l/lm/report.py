@@ -17,8 +17,11 @@ def describe_cells(cfg, out: Path, done_flags: list) -> str:
     `cfg` is the sweep's `s2l.lm.config.SweepConfig`; `done_flags` is, per cell in
     `cfg.cells()` order, whether its completion marker says it is done: a bool, or "yes",
     "no" or "skipped" (a reference cell the prediction did not select: done, not trained)."""
-    lines = [f"sweep {cfg.name}: {len(cfg.scales)} scales x {len(cfg.mixtures)} mixtures x "
-             f"{len(cfg.seeds)} seeds -> out {out}",
+    proxies = list(cfg.proxy_seeds or cfg.seeds)
+    seeds = f"seeds {proxies}" + (f" (reference {cfg.reference.scale}: {list(cfg.seeds)})"
+                                  if cfg.reference is not None and list(cfg.seeds) != proxies else "")
+    lines = [f"sweep {cfg.name}: {len(cfg.scales)} scales x {len(cfg.mixtures)} mixtures, "
+             f"{seeds} -> out {out}",
              f"{'scale':<10} {'params':>8} {'tokens':>8} {'FLOPs':>8} {'steps':>7} "
              f"{'mixture':<16} {'seed':>4}  done"]
     total, todo, n_done, n_skipped = 0.0, 0.0, 0, 0
@@ -55,6 +58,33 @@ def describe_stages(cfg, out: Path) -> str:
         lines.append(f"selection: the reference trains the top {ref.top_k} mixtures by the "
                      f"proxies on {ref.objective} + {ref.controls} random controls = {k} of "
                      f"{len(cfg.mixtures)}; saves {_si(saved)}FLOPs ({saved / grid:.0%} of the grid)")
+    return "\n".join(lines)
+
+
+def describe_data(cfg, plan, stages: list) -> str:
+    """The data preparation for `--dry-run`: shards and approximate bytes per domain, where the
+    data goes, and whether it is prepared already (`stages`: the data stages to run, [] when
+    the data is complete or no cell needs it)."""
+    by: dict[str, list[int]] = {d: [0, 0] for d in cfg.data.domains}
+    for s in plan.shards:
+        by[s.domain][0] += 1
+        by[s.domain][1] += s.approx_bytes
+    total = sum(b for _, b in by.values())
+    head = (f"data: {len(plan.shards)} shards over {len(by)} domains, ~{_si(total)}B of text "
+            f"(shard_mb {cfg.data.shard_mb:g}) -> {plan.root}")
+    lines = ["", head]
+    if stages:
+        shards = sum(not t.is_done() for st in stages if st.name == "data-shards" for t in st.tasks)
+        names = " -> ".join(f"{st.name} ({len(st.tasks)} task{'s' if len(st.tasks) != 1 else ''})"
+                            for st in stages)
+        lines.append(f"stages: {names}; {shards} of {len(plan.shards)} shards still to tokenize, "
+                     "then the cells")
+    elif (plan.root / "COMPLETE").exists():
+        lines.append("  prepared already (cache hit): no data task is submitted")
+    else:
+        lines.append("  not prepared, and not needed: every cell is done")
+    for d, (n, b) in by.items():
+        lines.append(f"  {d:<16} {n:>5} shards  ~{_si(b)}B")
     return "\n".join(lines)
 
 

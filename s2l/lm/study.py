@@ -1,9 +1,17 @@
-"""The LM sweep as a study: cells trained and evaluated on their own, in one or three stages.
+"""The LM sweep as a study: cells trained and evaluated on their own, in one or three stages,
+after the data preparation's stages.
 
-Without a `reference:` block the sweep is one stage, "cells" (`s2l.lm.cell.CellTask`). With
-one it is three (`s2l.lm.staged`): "proxies" (every scale but the reference), "predict" (one
-task that writes the pre-registered prediction) and "reference" (the reference scale's cells,
-all of them or, with `top_k`, those the prediction selects).
+Without a `reference:` block the sweep's cells are one stage, "cells" (`s2l.lm.cell.CellTask`).
+With one they are three (`s2l.lm.staged`): "proxies" (every scale but the reference),
+"predict" (one task that writes the pre-registered prediction) and "reference" (the reference
+scale's cells, all of them or, with `top_k`, those the prediction selects).
+
+Before them, unless the prepared data is complete already or every cell is done, come the
+data stages of `s2l.lm.prepare`: "data-tokenizer" -> "data-shards" (one task per shard) ->
+"data-finalize" (which also creates the loss store: it needs the test suite). The driver's
+`prepare()` does only cheap things: plan the shards (file sizes, no text), probe each
+streamed source's first MB, create the out dir, `sweep.yaml`, the MLflow sweep run, and the
+store when the data is already prepared.
 
 Files of a sweep (`<out>` defaults to `runs/<name>`):
     losses.zarr/                 the per-sample loss store (s2l.store)
@@ -20,14 +28,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from s2l import store as loss_store
 from s2l import tracking
 from s2l.config import tracking_uri as checked_tracking_uri
+from s2l.lm import prepare as data_prep
 from s2l.lm.cell import CellTask, code_version
 from s2l.lm.config import SweepConfig, parse_sweep
 from s2l.tasks import Stage, Study, register
+
+
+#: finalize encodes all the held-out text it reads at once: measured 1.93 GB peak RSS for
+#: ~51 MB of held-out text (benchmarks/bench_prepare.py, 1 GiB corpus, 4 domains), about 12x
+#: what hpc.resources allows per byte of a shard (3 GB per GB + 1 GB)
+FINALIZE_WEIGHT = 12
 
 
 class LMStudy(Study):
@@ -39,6 +51,7 @@ class LMStudy(Study):
         self.tracking_uri = tracking_uri or config.tracking.uri or tracking.default_uri(self.out)
         self.experiment = config.tracking.experiment or config.name
         self._data_dir: Path | None = None
+        self._plan = None
         self.parent_run: str | None = None
 
     def groups(self) -> list[str]:
@@ -48,29 +61,47 @@ class LMStudy(Study):
     def store_path(self) -> Path:
         return self.out / "losses.zarr"
 
-    def prepare(self) -> None:
-        from s2l.data import PreparedData, prepare_data
+    @property
+    def plan(self):
+        """The data preparation's plan (`s2l.data.shards.DataPlan`): cheap (file sizes, no
+        text), made once; a source it cannot list is a ConfigError at its key path."""
+        if self._plan is None:
+            from s2l.data.shards import plan_preparation
 
-        self._data_dir = prepare_data(self.config.data)  # before touching <out>: may fail
-        suite = PreparedData.load(self._data_dir).test
+            self._plan = plan_preparation(self.config.data)
+        return self._plan
+
+    def data_task_bytes(self) -> int:
+        """Input of the largest data task (bytes of text, as `hpc.resources` derives the data
+        tasks' memory and time from it): the biggest shard, the tokenizer's sample, or
+        finalize's held-out text weighted by FINALIZE_WEIGHT."""
+        from s2l.data.shards import HELDOUT_SUITE_MB
+
+        data = self.config.data
+        sample = int(data.tokenizer_mb_per_domain * 2 ** 20) * len(data.domains)
+        by = {d: 0 for d in data.domains}
+        for s in self.plan.shards:
+            by[s.domain] += s.approx_bytes
+        held = sum(min(HELDOUT_SUITE_MB * 2 ** 20, b * data.heldout_frac) for b in by.values())
+        return int(max([sample, FINALIZE_WEIGHT * held] + [s.approx_bytes for s in self.plan.shards]))
+
+    def warnings(self) -> list[str]:
+        """What submit and `--dry-run` print before running: token budgets that repeat data."""
+        from s2l.lm.budget import budget_warnings
+
+        return budget_warnings(self.config, self.plan)
+
+    def prepare(self) -> None:
+        plan = self.plan  # before touching <out>: may fail
+        ready = data_prep.complete(plan.root)
+        if not ready:  # a wrong path/format/field is exit 2 now, not a failed job later
+            data_prep.probe_sources(self.config.data, plan)
+        self._data_dir = plan.root
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "sweep.yaml").write_text(self.config.yaml_text)
+        if ready:  # else the data-finalize task creates it, after the test suite exists
+            data_prep.make_store(self.config, self.out, plan.root)
         cells = self.config.cells()
-        layout = loss_store.StoreLayout(
-            scales=[s.name for s in self.config.scales],
-            params=[s.params for s in self.config.scales],
-            flops=[s.flops for s in self.config.scales],
-            mixtures=[m.name for m in self.config.mixtures],
-            seeds=list(self.config.seeds),
-            domains=list(self.config.data.domains),
-            weights=np.array([[w for _, w in m.weights] for m in self.config.mixtures]),
-            test_set=list(suite.sample_test_set),
-            multiple_choice=bool((suite.answer >= 0).any()),
-            cell_ids={c.key: c.id for c in cells},
-            attrs={"sweep": self.name, "sweep_yaml": self.config.yaml_text,
-                   "chance": dict(suite.chance), "tokens": {s.name: s.tokens for s in self.config.scales}},
-        )
-        loss_store.create_store(self.store_path, layout)
         tracker = tracking.open_tracker(self.tracking_uri, self.experiment, self.out)
         self.parent_run = tracker.sweep_run(self.name, {"cells": len(cells), "scales": len(self.config.scales),
                                                      "mixtures": len(self.config.mixtures),
@@ -78,6 +109,14 @@ class LMStudy(Study):
                                                      "code_version": code_version()})
 
     def stages(self) -> list[Stage]:
+        """The data stages (none when the data is prepared or every cell is done), then the
+        cells' stage(s)."""
+        cells = self.cell_stages()
+        if all(t.is_done() for st in cells for t in st.tasks):
+            return cells
+        return data_prep.data_stages(self.config, self.out, self.plan) + cells
+
+    def cell_stages(self) -> list[Stage]:
         from s2l.lm import staged
 
         data = self.config.data
@@ -101,7 +140,7 @@ class LMStudy(Study):
     def cell_status(self) -> dict[str, str]:
         """{cell key: "yes" | "no" | "skipped"} (done, not done, not selected by the prediction)."""
         out = {}
-        for stage in self.stages():
+        for stage in self.cell_stages():
             for t in stage.tasks:
                 if isinstance(t, CellTask):
                     skipped = getattr(t, "is_skipped", lambda: False)()
@@ -109,11 +148,15 @@ class LMStudy(Study):
         return out
 
     def describe(self) -> str:
-        from s2l.lm.report import describe_cells, describe_stages
+        from s2l.lm.report import describe_cells, describe_data, describe_stages
 
         status = self.cell_status()
         text = describe_cells(self.config, self.out, [status[c.key] for c in self.config.cells()])
-        return text + describe_stages(self.config, self.out)
+        needed = any(v == "no" for v in status.values())  # as stages() decides, cheaper
+        data = describe_data(self.config, self.plan, data_prep.data_stages(
+            self.config, self.out, self.plan) if needed else [])
+        warn = "".join("\n" + (w if w.startswith(" ") else f"warning: {w}") for w in self.warnings())
+        return text + describe_stages(self.config, self.out) + data + warn
 
     def summary(self) -> str:
         from s2l.lm.report import final_summary, prediction_summary
