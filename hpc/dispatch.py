@@ -113,6 +113,9 @@ class Backend(Protocol):
     def poll(self, jobs: list[Job]) -> None:
         """Update `state` and `finished` of the jobs not finished yet."""
 
+    # Optional: `settle(ended_jobs)`, called once for the jobs that just ended, after their
+    # tasks were classified and free slots were refilled.
+
 
 def split_done(stage: Stage, out: Outcome) -> list[Task]:
     """The tasks of `stage` still to run; the others are noted in `out.already_done`."""
@@ -163,9 +166,16 @@ def watch(jobs: list[Job], backend: Backend, progress: Callable[[Progress], None
     while True:
         record.update(folder, backend.start(jobs))
         backend.poll(jobs)
-        for job in jobs:
-            if job.finished and job.n_done is None:
-                classify(job, out)
+        ended = [job for job in jobs if job.finished and job.n_done is None]
+        for job in ended:
+            classify(job, out)
+        if ended:
+            # fill the freed slots first, then the backend's own follow-up (the local
+            # backend publishes what the ended jobs left to the driver)
+            record.update(folder, backend.start(jobs))
+            settle = getattr(backend, "settle", None)
+            if settle is not None:
+                settle(ended)
         if progress is not None:
             progress(snapshot(jobs, stage, total, time.time() - t0))
         if all(j.finished for j in jobs):

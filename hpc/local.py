@@ -30,7 +30,7 @@ from typing import Callable
 
 from submitit.local.local import LocalExecutor, LocalJob
 
-from hpc import record
+from hpc import record, tracked
 from hpc.dispatch import Job, Outcome, Progress, make_jobs, setup_lines, split_done, watch
 from hpc.lease import live_holder, pid_start, task_lease
 from hpc.node import DRIVER_ENV, TaskRunner
@@ -158,8 +158,10 @@ class LocalBackend:
             if all(t.is_done() for t in job.tasks):  # done by the worker waited for
                 job.finished, job.state = True, "FINISHED"
                 continue
+            # The job leaves publishing (MLflow) to this driver: no job imports mlflow.
             runner = TaskRunner(job.tasks, job.resources, self.cfg.max_requeues,
-                                folder=self.folder, stage=job.stage)
+                                folder=self.folder, stage=job.stage, publish=False,
+                                pack_mode=self.cfg.pack_mode)
             job.handle = self._executor(job).submit(runner)
             job.job_id = job.handle.job_id
             job.stdout, job.stderr = str(job.handle.paths.stdout), str(job.handle.paths.stderr)
@@ -174,6 +176,11 @@ class LocalBackend:
             if job.handle is not None and not job.finished and job.handle.done():
                 job.finished = True
                 job.state = "FINISHED"
+
+    def settle(self, ended: list[Job]) -> None:
+        """Publish what the ended jobs left to this driver (`TaskRunner(publish=False)`)."""
+        for job in ended:
+            tracked.publish_done(job.tasks, self.folder)
 
     def cancel_all(self, jobs: list[Job]) -> None:
         """Stop every job still running: their process groups, whole."""

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import submitit
 from submitit.slurm.slurm import read_job_id
 
-from hpc import record
+from hpc import record, tracked
 from hpc.dispatch import Job, Outcome, Progress, make_jobs, setup_lines, split_done, watch
 from hpc.node import TaskRunner
 from hpc.resources import Resources, SlurmConfig, sbatch_option_problem, text_problem
@@ -183,7 +183,16 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
 
 class SlurmBackend:
-    """Watches already submitted jobs for `hpc.dispatch.watch`."""
+    """Watches already submitted jobs for `hpc.dispatch.watch`; publishes what the ended
+    jobs left to the driver (`settle`: jobs submitted by a waiting driver do not import
+    mlflow; a record a job published itself is synced already and skipped)."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder
+
+    def settle(self, ended: list[Job]) -> None:
+        for job in ended:
+            tracked.publish_done(job.tasks, self.folder)
 
     def start(self, jobs: list[Job]) -> dict[str, dict]:
         return {}  # Slurm schedules; nothing to start here
@@ -240,8 +249,9 @@ def make_executor(folder: Path, cfg: SlurmConfig, params: dict[str, Any]) -> sub
 
 
 def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
-                 dependency: str | None) -> list[str]:
-    """Submit `jobs` as arrays; fills job ids and log paths; returns the array (main) ids."""
+                 dependency: str | None, publish: bool = True) -> list[str]:
+    """Submit `jobs` as arrays; fills job ids and log paths; returns the array (main) ids.
+    `publish=False`: the jobs leave publishing (MLflow) to the driver that waits for them."""
     mains = []
     for array in arrays_of(jobs, cfg, max_array_size()):
         n_pack = max(len(j.tasks) for j in array)
@@ -251,7 +261,8 @@ def submit_stage(stage: str, jobs: list[Job], folder: Path, cfg: SlurmConfig,
             with ex.batch():
                 for j in array:
                     j.handle = ex.submit(TaskRunner(j.tasks, res, cfg.max_requeues, folder=folder,
-                                                    stage=stage))
+                                                    stage=stage, publish=publish,
+                                                    pack_mode=cfg.pack_mode))
         except Exception as e:  # sbatch refused (unknown partition/account, too much memory...)
             flags = sbatch_flags(executor_params(array[0].resources, cfg, n_pack, "", dependency))
             raise SubmissionError(f"sbatch refused {len(array)} jobs of stage {stage!r} "
@@ -290,7 +301,9 @@ def run_stages(stages: list[Stage], folder: str | Path, cfg: SlurmConfig | None 
         todo = split_done(stage, out)
         adopted, todo = adopt_active(stage.name, todo, folder, cfg)
         jobs = make_jobs(stage.name, todo, cfg)
-        mains = submit_stage(stage.name, jobs, folder, cfg, dependency)
+        # a driver that waits publishes each ended job's records itself (no mlflow import
+        # on the nodes); one that exits leaves it to the jobs
+        mains = submit_stage(stage.name, jobs, folder, cfg, dependency, publish=not wait)
         mains += sorted({j.job_id.split("_")[0] for j in adopted})
         plan.append((stage, adopted + jobs))
         if mains:
@@ -302,7 +315,7 @@ def run_stages(stages: list[Stage], folder: str | Path, cfg: SlurmConfig | None 
     for i, (stage, jobs) in enumerate(plan):
         if not jobs:
             continue
-        watch(jobs, SlurmBackend(), progress, cfg.poll_s, out, folder)
+        watch(jobs, SlurmBackend(folder), progress, cfg.poll_s, out, folder)
         if any(f.stage == stage.name for f in out.failed):
             later = [j for _, js in plan[i + 1:] for j in js]
             try:

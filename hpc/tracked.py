@@ -12,11 +12,13 @@ sweep's counts, wall time and CPU hours (`finish`).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Iterable
 
 from hpc.lease import Lease, LeaseBusy, live_holder, task_lease
 from s2l import tracking
-from s2l.tasks import Study
+from s2l.tasks import Study, Task
 
 REPLAY_LOCK = "replay.lock"
 
@@ -44,6 +46,34 @@ def replay(study: Study, folder: str | Path) -> int:
                                     lambda cell_id: cell_id in unfinished)
     finally:
         lock.release()
+
+
+def publish_done(tasks: Iterable[Task], folder: str | Path | None, wait_s: float = 30.0) -> int:
+    """The driver's half of a task whose node did not publish (`TaskRunner(publish=False)`,
+    the local backend's jobs, so that no job imports mlflow): call `publish()` of each done
+    task, under the replay lock so that a concurrent `hpc/status.py` replay does not log the
+    same record twice. Waits up to `wait_s` for the lock; on timeout the records stay offline
+    (a replay publishes them). Returns how many tasks were published."""
+    tasks = [t for t in tasks if t.is_done()]
+    if not tasks:
+        return 0
+    lock = Lease(Path(folder) / REPLAY_LOCK, what="tracking publish") if folder else None
+    deadline = time.monotonic() + wait_s
+    while lock is not None:
+        try:
+            lock.acquire()
+            break
+        except LeaseBusy:
+            if time.monotonic() > deadline:
+                return 0
+            time.sleep(0.2)
+    try:
+        for t in tasks:
+            t.publish()  # never raises for tracking trouble: the record stays offline
+    finally:
+        if lock is not None:
+            lock.release()
+    return len(tasks)
 
 
 def parent_run(study: Study) -> str:

@@ -34,9 +34,13 @@ import shutil
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import xarray as xr
 import zarr
+
+if TYPE_CHECKING:  # imported where used: a cell job writes its chunks with zarr alone, and
+    import xarray as xr  # xarray + pandas cost ~1.5 CPU-s of every job's start-up
 
 DIMS = ("scale", "mixture", "seed", "sample")
 _SMALL_VARS = ("done", "weight")  # loaded at open: O(cells) and O(mixtures x domains)
@@ -107,6 +111,8 @@ def _dataset(layout: StoreLayout):
         "flops": ("scale", np.array(layout.flops, dtype=np.float64)),
     }
     attrs = dict(layout.attrs, cell_ids=layout.cell_ids)
+    import xarray as xr
+
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -125,6 +131,8 @@ def open_store(path: str | Path, dask: bool = False) -> xr.Dataset:
     if not path.exists():
         raise StoreError(f"store not found: {_one_line(path)}")
     try:
+        import xarray as xr
+
         ds = xr.open_zarr(path, consolidated=False, chunks={} if dask else None)
     except Exception as e:  # noqa: BLE001 - whatever zarr/xarray raise, it is not a store
         raise StoreError(f"cannot open {_one_line(path)} as a Zarr store: {_why(e)}") from None

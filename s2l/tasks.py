@@ -72,6 +72,18 @@ class Task(abc.ABC):
         runs elsewhere, for live progress displays; None when unknown."""
         return None
 
+    def pack_key(self) -> str | None:
+        """Tasks of one job with the same non-None key may run together, as one batched
+        computation (`run_packed`), when the job asks for it (`slurm.pack_mode`); None: never."""
+        return None
+
+    @classmethod
+    def run_packed(cls, tasks: list["Task"]) -> list[Any]:
+        """`run()` of several tasks of this class at once (same `pack_key`); returns their
+        results in order, an exception instance for a task that failed on its own. Raises
+        when the shared part fails: then none of them counts as done."""
+        raise NotImplementedError(f"{cls.__name__} cannot run packed")
+
     def is_done(self) -> bool:
         """True when the marker exists and names this task's key and fingerprint."""
         try:
@@ -91,18 +103,38 @@ def mark_done(task: Task) -> None:
     os.replace(tmp, path)
 
 
-def run_task(task: Task, is_main: bool = True) -> Any:
+def run_task(task: Task, is_main: bool = True, publish: bool = True) -> Any:
     """Run one task as a compute node does: skip it when done, else run, mark, publish.
 
     In a multi-process (DDP) task every rank runs; only the main rank marks and publishes.
+    `publish=False` leaves `publish()` to the driver (the local backend calls it for each
+    done task, so that a node never imports the tracking client): whatever `publish()`
+    needs must then be durable before the marker (for cells, the offline record is).
     """
     if task.is_done():
         return None
     result = task.run()
     if is_main:
         mark_done(task)
-        task.publish()
+        if publish:
+            task.publish()
     return result
+
+
+def run_tasks_packed(tasks: list[Task], publish: bool = True) -> dict[str, Any]:
+    """`run_task` for tasks that share a `pack_key`: the ones not done run as one
+    `run_packed` call, then each that succeeded is marked done (and published) in order.
+    {key: result, or the exception of a task that failed on its own (not marked done)}."""
+    todo = [t for t in tasks if not t.is_done()]
+    if not todo:
+        return {}
+    results = type(todo[0]).run_packed(todo)
+    for task, result in zip(todo, results):
+        if not isinstance(result, BaseException):
+            mark_done(task)
+            if publish:
+                task.publish()
+    return {t.key: r for t, r in zip(todo, results)}
 
 
 def marker_path(out: Path, stage: str, key: str) -> Path:

@@ -369,13 +369,19 @@ def _replay(tracker: MlflowTracker, runs: dict) -> int:
     return count
 
 
+def record_path(out: str | Path, name: str) -> Path:
+    """Where `record_cell` writes the record of the run `name` (unsynced; `*.json.synced`
+    once published): known to the driver too, which publishes what a node recorded."""
+    return offline_dir(out) / f"{name.replace('/', '__')}.json"
+
+
 def record_cell(out: str | Path, parent: str | None, name: str, cell_id: str, params: dict,
                 artifacts: dict[str, str], history: dict[str, list[tuple[int, float]]],
                 metrics: dict[str, float], start_time: float, end_time: float) -> Path:
     """Write a finished cell's whole run as an offline record (replacing an older one of the
     same cell); returns its path. Times in seconds since the epoch. Call it before the
     cell's completion marker: then no done cell is ever without its run."""
-    path = offline_dir(out) / f"{name.replace('/', '__')}.json"
+    path = record_path(out, name)
     path.unlink(missing_ok=True)  # a record of an earlier, unfinished attempt
     run = RecordingTracker(path).cell_run(parent, name, cell_id, start_time=int(start_time * 1000))
     run.log_params(params)

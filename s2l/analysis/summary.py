@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from s2l.analysis import crossscale, figures, pipeline
 from s2l.analysis.load import StoreError
 
@@ -20,7 +22,8 @@ def _quick(store: str | Path) -> pipeline.Analysis:
 
 def format_correlations(a: pipeline.Analysis) -> str:
     """Per test set, one line per proxy: Pearson r with its 95% CI and compute ratio, a
-    negative r named as such; one line when there is no proxy to correlate."""
+    negative r named as such, and the reference's noise ceiling when it has >= 2 seeds; one
+    line when there is no proxy to correlate."""
     if a.correlation.empty:
         return "\n".join([f"cross-scale summary: nothing to correlate: {a.notes[0]}"
                           if a.notes else "cross-scale summary: nothing to correlate"]
@@ -28,18 +31,37 @@ def format_correlations(a: pipeline.Analysis) -> str:
     lines = [f"cross-scale correlation with reference {a.reference} "
              f"(Pearson r across mixtures, seed-averaged, 95% bootstrap CI):"]
     for t, g in a.correlation.groupby("test_set", sort=False):
-        lines.append(f"  {t}")
+        ceil = g["noise_ceiling"].iloc[0] if "noise_ceiling" in g else np.nan
+        # the best r any proxy can reach given the reference's own seed noise (>= 2 seeds)
+        lines.append(f"  {t}" + (f"  (noise ceiling of {a.reference} across seeds: {ceil:.2f})"
+                                 if np.isfinite(ceil) else ""))
         for r in g.itertuples():
             lines.append(f"    {r.proxy:>10}  r={r.pearson:5.2f} [{r.pearson_lo:5.2f}, "
                          f"{r.pearson_hi:5.2f}]  {r.compute_ratio:,.0f}x less compute, "
                          f"{r.n_mixtures} mixtures")
             if r.pearson < 0:
                 lines.append(f"      {crossscale.negative_note(r)}")
-    missing = pipeline.missing_summary(a)
+    missing = _missing_planned(a)
     if missing:
         lines.append(missing)
     lines += a.notes
     return "\n".join(lines)
+
+
+def _missing_planned(a: pipeline.Analysis, limit: int = 12) -> str:
+    """`pipeline.missing_summary`, counting only the cells the sweep planned (the store's
+    `cell_ids`): a reference with more seeds than its proxies (`reference.seeds`) leaves
+    (proxy, extra seed) slots of the dense store empty by design, not missing."""
+    planned = a.attrs.get("cell_ids")
+    if not isinstance(planned, dict) or not planned:
+        return pipeline.missing_summary(a, limit)
+    missing = [(s, m, k) for s, m, k in a.missing if f"{s}/{m}/{k}" in planned]
+    if not missing:
+        return ""
+    cells = ", ".join(f"{s}/{m}/seed {k}" for s, m, k in missing[:limit])
+    more = f" and {len(missing) - limit} more" if len(missing) > limit else ""
+    return (f"partial store: {len(missing)} of {len(planned)} cells not done ({cells}{more}); "
+            "statistics use only mixtures done at both scales, seed means only done seeds.")
 
 
 def summarize(store_path: str | Path) -> str:

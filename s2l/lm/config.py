@@ -10,7 +10,8 @@
     mixtures:
       code-heavy: {weights: {code: 0.7, prose: 0.3}}
     random_mixtures: {count: 24, seed: 0}   # optional, s2l.lm.mixgen: rnd-000, rnd-001, ...
-    reference: {scale: m}         # optional: stages proxies -> predict -> reference
+    reference: {scale: m}         # optional: stages proxies -> predict -> reference;
+                                  # {scale: m, seeds: [0, 1]}: more seeds for the reference
     test_sets: {...}              # s2l.data.DataConfig
     train: {...}                  # s2l.config.TrainConfig
     tracking: {uri: ..., experiment: ...}
@@ -82,10 +83,20 @@ class SweepConfig:
     yaml_text: str = ""
     reference: "ReferenceConfig | None" = None  # None: one stage of cells
     random_mixtures: mixgen.RandomMixtures | None = None  # as written (already expanded)
+    #: the top-level `seeds:`, which every proxy scale trains; `seeds` above is every seed of
+    #: the store: these plus the reference's own extra seeds (`reference.seeds`). Empty: same.
+    proxy_seeds: tuple[int, ...] = ()
+
+    def seeds_for(self, scale: str) -> tuple[int, ...]:
+        """The seeds scale `scale` trains: `reference.seeds` for the reference (when given),
+        the top-level `seeds:` for every other scale."""
+        if self.reference is not None and scale == self.reference.scale:
+            return self.seeds
+        return self.proxy_seeds or self.seeds
 
     def cells(self) -> list["Cell"]:
         return [Cell(self, sc, mx, seed) for sc in self.scales for mx in self.mixtures
-                for seed in self.seeds]
+                for seed in self.seeds_for(sc.name)]
 
     def scale(self, name: str) -> Scale:
         return next(s for s in self.scales if s.name == name)
@@ -157,6 +168,9 @@ class ReferenceConfig(ConfigModel):
     level: Annotated[float, pydantic.Field(ge=0.5, le=0.99)] = 0.9
     n_boot: Annotated[int, pydantic.Field(ge=20, le=10_000)] = 200
     force_prediction: bool = False
+    #: the reference scale's own seeds (more than the proxies', for its noise ceiling and
+    #: CIs); None: the top-level `seeds:`. Must include every top-level seed.
+    seeds: Seeds | None = None
 
 
 class _Top(ConfigModel):
@@ -210,9 +224,19 @@ def parse_sweep(raw: dict, path: Path) -> SweepConfig:
     tracking = parse_model(TrackingConfig, top.tracking, "tracking")
     reference = (_parse_reference(top.reference, scales, len(mixtures), data.test_set_names())
                  if top.reference is not None else None)
-    return SweepConfig(name, scales, mixtures, tuple(top.seeds), data, train, tracking,
+    seeds = tuple(top.seeds)
+    if reference is not None and reference.seeds is not None:
+        lacking = [k for k in seeds if k not in reference.seeds]
+        if lacking:
+            raise ConfigError("reference.seeds", f"must include every seed of `seeds:` "
+                                                 f"{list(seeds)}; lacks {lacking}")
+        # store order: the top-level seeds first, then the reference's extra ones
+        seeds, proxy_seeds = seeds + tuple(k for k in reference.seeds if k not in seeds), seeds
+    else:
+        proxy_seeds = seeds
+    return SweepConfig(name, scales, mixtures, seeds, data, train, tracking,
                        yaml_text=path.read_text(encoding="utf-8") if path.is_file() else "",
-                       reference=reference, random_mixtures=rand)
+                       reference=reference, random_mixtures=rand, proxy_seeds=proxy_seeds)
 
 
 def _parse_reference(raw: Any, scales: tuple[Scale, ...], n_mixtures: int,

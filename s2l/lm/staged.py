@@ -43,7 +43,6 @@ import numpy as np
 
 from s2l import store as loss_store
 from s2l import tracking
-from s2l.lm import predict
 from s2l.lm.cell import CellTask, code_version
 from s2l.lm.config import ReferenceConfig, SweepConfig
 from s2l.tasks import Task, marker_path
@@ -145,6 +144,8 @@ def reference_results(cfg: SweepConfig, out: Path) -> list[str]:
 def selection(pred: dict, ref: ReferenceConfig) -> dict | None:
     """Which mixtures the reference stage trains, from the prediction's ranking on
     `ref.objective`: {top, controls, run, skipped} (mixture names), None without top_k."""
+    from s2l.lm import predict  # scipy: not imported by the cells' jobs
+
     if ref.top_k is None:
         return None
     names = pred["mixtures"]
@@ -161,6 +162,7 @@ def selection(pred: dict, ref: ReferenceConfig) -> dict | None:
 def make_prediction(cfg: SweepConfig, out: Path, fingerprint: str, reference_done: list[str]
                     ) -> dict:
     """Read the proxy cells from the store and predict the reference (see module doc)."""
+    from s2l.lm import predict  # scipy: not imported by the cells' jobs
     from s2l.analysis.load import test_set_codes
 
     ref, ref_scale = cfg.reference, cfg.scale(cfg.reference.scale)
@@ -171,13 +173,18 @@ def make_prediction(cfg: SweepConfig, out: Path, fingerprint: str, reference_don
     if mixtures != [m.name for m in cfg.mixtures]:
         raise PredictionError("the store's mixtures are not the sweep's; re-run submit.py")
     idx = [scales.index(s.name) for s in proxies]
-    done = ds["done"].values[idx]  # (S, M, K)
+    store_seeds = [int(k) for k in ds["seed"].values]
+    seeds = list(cfg.seeds_for(proxies[0].name))  # the proxies' seeds (the reference may have more)
+    if not set(seeds) <= set(store_seeds):
+        raise PredictionError("the store's seeds are not the sweep's; re-run submit.py")
+    kdx = [store_seeds.index(k) for k in seeds]
+    done = ds["done"].values[idx][:, :, kdx]  # (S, M, K)
     if not done.all():
         s, m, k = np.argwhere(~done)[0]
         raise PredictionError(f"{int((~done).sum())} proxy cells are not done (e.g. "
-                              f"{proxies[s].name}/{mixtures[m]}/{cfg.seeds[k]}); the prediction "
+                              f"{proxies[s].name}/{mixtures[m]}/{seeds[k]}); the prediction "
                               "needs every proxy cell")
-    loss = np.stack([loss_store.read_values(ds["loss"].isel(scale=i)) for i in idx])
+    loss = np.stack([loss_store.read_values(ds["loss"].isel(scale=i, seed=kdx)) for i in idx])
     loss = np.ascontiguousarray(loss, dtype=np.float32)  # (S, M, K, N)
     test_sets, codes = test_set_codes(ds)
     x = np.array([s.flops for s in proxies]) / ref_scale.flops
@@ -214,7 +221,7 @@ def make_prediction(cfg: SweepConfig, out: Path, fingerprint: str, reference_don
                                f"({ref.n_boot} resamples, seed {BOOT_SEED})",
                    "level": ref.level, "n_boot": ref.n_boot, "version": METHOD_VERSION,
                    "code_version": code_version()},
-        "objective": ref.objective, "targets": targets, "mixtures": mixtures, "seeds": list(cfg.seeds),
+        "objective": ref.objective, "targets": targets, "mixtures": mixtures, "seeds": seeds,
         "predictions": per_target,
     }
     sel = selection(pred, ref)
@@ -249,6 +256,8 @@ class PredictTask(Task):
         return marker_path(self.out, "predict", self.key)
 
     def run(self) -> dict:
+        from s2l.lm import predict
+
         started = time.time()
         folder = predictions_dir(self.out)
         pred = read_prediction(self.out)
@@ -283,7 +292,10 @@ class PredictTask(Task):
         return {"sha256": sha}
 
     def publish(self) -> None:
-        tracking.publish_record(self.tracking_uri, self.experiment, self.out, self._record)
+        """After the marker, on the node or in the driver (see `CellTask.publish`)."""
+        path = getattr(self, "_record", None) or tracking.record_path(self.out, "predict")
+        if path.is_file():
+            tracking.publish_record(self.tracking_uri, self.experiment, self.out, path)
 
 
 @dataclasses.dataclass
@@ -335,5 +347,5 @@ class ReferenceCellTask(CellTask):
         return super().run()
 
     def publish(self) -> None:
-        if self._record is not None:
+        if not hasattr(self, "_record") or self._record is not None:  # None: skipped or reused
             super().publish()
