@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import time
 
 import torch
 
@@ -28,9 +29,13 @@ def traker_projection(grad_dim: int, proj_dim: int, seed: int, model_id: int,
 
 def traker_scores(models, train, targets, proj_dim: int, seed: int = 0, batch_size: int = 64,
                   block_size: int | None = None, save_dir: str | None = None,
-                  ridge: float = 0.0) -> torch.Tensor:
+                  ridge: float = 0.0, dtype: torch.dtype = torch.float32,
+                  timings: dict | None = None) -> torch.Tensor:
     """traker's scores (n_train, n_targets) for an ensemble of models (list of nn.Module, all of
-    one architecture), train/targets = (x, y) tensors. block_size None: = proj_dim (fastest)."""
+    one architecture), train/targets = (x, y) tensors. block_size None: = proj_dim (fastest).
+    dtype: the BasicProjector's matrix and product dtype (bf16: traker's only reduced precision
+    on CPU). timings: if a dict, receives 'featurize' (train gradients, projection, finalize)
+    and 'score' (target gradients, projection, scores) in CPU-seconds of this process."""
     import logging
 
     from trak import TRAKer
@@ -41,18 +46,20 @@ def traker_scores(models, train, targets, proj_dim: int, seed: int = 0, batch_si
     base = copy.deepcopy(models[0]).eval()
     n, T = len(train[0]), len(targets[0])
     proj = BasicProjector(grad_dim(base), proj_dim, seed, ProjectionType.rademacher,
-                          device="cpu", block_size=block_size or proj_dim, dtype=torch.float32)
+                          device="cpu", block_size=block_size or proj_dim, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         tr = TRAKer(model=base, task="image_classification", train_set_size=n,
                     save_dir=save_dir or tmp, device="cpu", projector=proj, proj_dim=proj_dim,
                     use_half_precision=False, projector_seed=seed, lambda_reg=ridge,
                     logging_level=logging.ERROR)
+        t0 = time.process_time()
         for mid, model in enumerate(models):
             tr.load_checkpoint(model.state_dict(), model_id=mid)
             for i in range(0, n, batch_size):
                 tr.featurize(batch=(train[0][i:i + batch_size], train[1][i:i + batch_size]),
                              num_samples=len(train[0][i:i + batch_size]))
         tr.finalize_features()
+        t1 = time.process_time()
         for mid, model in enumerate(models):
             # the freed matrix must exist again before scoring (traker 0.3.2 quirk)
             proj.model_id = mid
@@ -62,4 +69,7 @@ def traker_scores(models, train, targets, proj_dim: int, seed: int = 0, batch_si
             for i in range(0, T, batch_size):
                 tr.score(batch=(targets[0][i:i + batch_size], targets[1][i:i + batch_size]),
                          num_samples=len(targets[0][i:i + batch_size]))
-        return torch.as_tensor(tr.finalize_scores("targets")[:]).float().clone()
+        S = torch.as_tensor(tr.finalize_scores("targets")[:]).float().clone()
+        if timings is not None:
+            timings.update(featurize=t1 - t0, score=time.process_time() - t1)
+        return S

@@ -126,9 +126,10 @@ class Featurize(StudyTask):
         model = _model(cfg, self.width, d["x_train"].shape[1])
         path = self.out / "models" / self.width / str(member) / f"epoch{cfg.ckpt_epochs[ck]}.pt"
         model.load_state_dict(torch.load(path, weights_only=True))
-        proj = projector_for(model, t.proj_dim, t.seed, self.model_id, t.proj_type,
-                             torch.bfloat16 if t.proj_dtype == "bf16" else torch.float32,
+        proj = projector_for(model, t.proj_dim, t.seed, self.model_id, t.proj_type, t.proj_dtype,
                              cache_bytes=t.cache_gb * 2**30)
+        print(f"featurize {self.width} model {self.model_id}: projection {t.proj_dtype} -> {proj.dtype}",
+              flush=True)  # 'auto' resolves per machine: keep the choice in the task log
         phi, q = featurize(model, (d["x_train"], d["y_train"]), proj, batch_size=t.batch_size)
         phi_t, _ = featurize(model, (d["x_target"], d["y_target"]), proj, batch_size=t.batch_size)
         _store(cfg, self.out, self.width).write(self.model_id, phi.numpy(), phi_t.numpy(), q.numpy())

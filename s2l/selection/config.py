@@ -41,7 +41,7 @@ METHODS = ("dsdm", "random", "dsir")
 #: scores, or the whole text (prompt + answer), a less noisy signal for tiny proxies
 TARGET_TOKENS = ("full", "answer")
 #: bump when a code change alters what any task computes: it invalidates every done marker
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: TRAK projection signs drawn 32 bits at a time (another P per seed)
 #: training fields that change speed or bookkeeping only, not results
 _SPEED_ONLY = ("compile", "eval_batch_size", "checkpoint_every", "log_every", "threads")
 

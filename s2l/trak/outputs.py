@@ -5,6 +5,8 @@ Each output has
   written so that `torch.func.vmap(torch.func.grad(...))` can map it over a batch. Inside vmap,
   `logits[y]` and `F.one_hot(y)` fail on the batched label, so the correct class is selected
   with a comparison against `torch.arange` instead;
+- `batched(model, *batch)`: the (B,) outputs of a whole batch in one ordinary forward pass
+  (for `grads.layer_grads`, which needs examples not to interact: eval mode);
 - `out_to_loss(model, *batch)`: the (B,) reweighting term Q = d loss / d f, used by `traker`
   and optionally by us.
 
@@ -39,6 +41,10 @@ class ClassificationMargin:
         logits = functional_call(model, (params, buffers), (x.unsqueeze(0),))
         return margin_from_logits(logits, y.unsqueeze(0)).sum()
 
+    def batched(self, model, x, y):
+        """x (B, ...), y (B,) -> margins (B,)."""
+        return margin_from_logits(model(x), y)
+
     @torch.no_grad()
     def out_to_loss(self, model, x, y):
         """x (B, ...), y (B,) -> 1 - p_y (B,)."""
@@ -68,6 +74,15 @@ class LMOddsOutput:
             return vals.mean()
         w = mask[1:].to(vals.dtype)
         return (vals * w).sum() / w.sum().clamp_min(1.0)
+
+    def batched(self, model, input_ids, mask=None):
+        """input_ids (B, L), mask (B, L) or None -> outputs (B,)."""
+        out = model(input_ids)
+        vals = self._per_token(getattr(out, "logits", out), input_ids)  # (B, L-1)
+        if mask is None:
+            return vals.mean(-1)
+        w = mask[:, 1:].to(vals.dtype)
+        return (vals * w).sum(-1) / w.sum(-1).clamp_min(1.0)
 
     @torch.no_grad()
     def out_to_loss(self, model, input_ids, mask=None):
