@@ -26,6 +26,8 @@ runner after `run()`); the MLflow child run is logged in `publish()`, after the 
 """
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 from s2l import tracking
@@ -96,6 +98,12 @@ class LMStudy(Study):
         ready = data_prep.complete(plan.root)
         if not ready:  # a wrong path/format/field is exit 2 now, not a failed job later
             data_prep.probe_sources(self.config.data, plan)
+            # and a cache the data tasks could not write to is the driver's OSError (exit 3,
+            # naming the path), found before <out> exists, not every data task's failure
+            cache = plan.root.parent
+            cache.mkdir(parents=True, exist_ok=True)
+            if not os.access(cache, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "Permission denied (data cache)", str(cache))
         self._data_dir = plan.root
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "sweep.yaml").write_text(self.config.yaml_text)
