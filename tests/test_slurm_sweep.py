@@ -130,9 +130,11 @@ def smoke(cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     # The victim must still be training when Slurm's KillWait (5 s) after `scancel` ends: a
     # cancelled job ignores SIGTERM (submitit) and a cell that finishes meanwhile is done, not
-    # failed. So its scale trains 10x longer than in smoke.yaml, and it is cancelled mid-training.
+    # failed. So its scale trains 25x longer than in smoke.yaml (10x was not enough once
+    # training got 1.5x faster: the victim finished inside KillWait on a loaded machine), and
+    # it is cancelled mid-training.
     raw = copy.deepcopy(SMOKE)
-    raw["scales"]["xs"]["tokens"] = 600000
+    raw["scales"]["xs"]["tokens"] = 1500000
     sweep, out = _write_sweep(tmp / "smoke.yaml", raw), tmp / "out"
     r = {"out": out, "t0": time.time()}
     first = _popen_submit(sweep, out, tmp / "submit1.log")
