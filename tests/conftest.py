@@ -100,3 +100,16 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL inside a training loop (tests of checkpoints and resume)."""
+
+
+def dies_at(step: int, batches):
+    """A batch function that gives `batches(s)` and raises `Killed` when asked for `step`."""
+    def fn(s):
+        if s == step:
+            raise Killed
+        return batches(s)
+    return fn

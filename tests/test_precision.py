@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import Killed, dies_at
 
 import s2l.train as st
 from s2l.config import TrainConfig
@@ -93,17 +94,9 @@ def test_bf16_training_on_cpu_is_deterministic_and_resumes_bit_identically(tmp_p
     assert fp32_hist != ref_hist  # bf16 really ran: not the fp32 numbers
     assert np.allclose([m for _, m in fp32_hist], [m for _, m in ref_hist], atol=0.05)
 
-    class Killed(Exception):
-        pass
-
-    def dies_at_7(step):
-        if step == 7:
-            raise Killed
-        return batches(1)(step)
-
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(Killed):
-        train(tiny(), dies_at_7, 10, CFG, checkpoint=ckpt)
+        train(tiny(), dies_at(7, batches(1)), 10, CFG, checkpoint=ckpt)
     resumed = tiny(seed=5)
     assert train(resumed, batches(1), 10, CFG, checkpoint=ckpt) == ref_hist
     for pa, pb in zip(ref.parameters(), resumed.parameters()):

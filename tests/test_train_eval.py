@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import Killed, dies_at
 
 from s2l.config import TrainConfig
 from s2l.evaluate import row_losses, sample_metrics
@@ -69,20 +70,11 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     ref = tiny()
     ref_hist = train(ref, batches(1), 10, CFG)
 
-    class Killed(Exception):
-        pass
-
     good = batches(1)
-
-    def dies_at_7(step):
-        if step == 7:
-            raise Killed
-        return good(step)
-
     ckpt = tmp_path / "ckpt.pt"
     first = tiny()
     with pytest.raises(Killed):
-        train(first, dies_at_7, 10, CFG, checkpoint=ckpt)
+        train(first, dies_at(7, good), 10, CFG, checkpoint=ckpt)
     assert torch.load(ckpt, weights_only=False)["step"] == 6  # checkpoints at 3 and 6
     resumed = tiny(seed=123)  # init is overwritten by the checkpoint
     hist = train(resumed, good, 10, CFG, checkpoint=ckpt)
@@ -169,17 +161,9 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
     ref = tiny()
     ref_hist = train(ref, batches(1), 10, CFG)
 
-    class Killed(Exception):
-        pass
-
-    def dies_at_7(step):
-        if step == 7:
-            raise Killed
-        return batches(1)(step)
-
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(Killed):
-        train(tiny(), dies_at_7, 10, CFG, checkpoint=ckpt)
+        train(tiny(), dies_at(7, batches(1)), 10, CFG, checkpoint=ckpt)
     prev = tmp_path / "ckpt.prev.pt"
     assert torch.load(prev, weights_only=False)["step"] == 3  # the one before step 6's
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a full disk
