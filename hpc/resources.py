@@ -61,6 +61,7 @@ from pydantic import AfterValidator, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from s2l.config import ConfigError, ConfigModel, key_path, parse_model, shown
+from s2l.tasks import DATA_GROUP
 
 #: what may not appear in any string of the block (C0/C1 controls, Unicode line breaks)
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -93,10 +94,6 @@ DENIED: dict[str, str] = {
 #: real sbatch options that are also prefixes of a denied one (getopt_long prefers an exact match)
 SBATCH_EXACT = frozenset({"gpus"})
 
-
-#: the group tag of data-preparation tasks (`s2l.lm.prepare.DATA_GROUP`, the same string): not
-#: a valid user-chosen name, so it cannot collide with a scale, width or proxy-size group
-DATA_GROUP = "_data"
 
 #: derived data-task resources: a worker holds about 2x its shard (the text and its tokens)
 #: plus the interpreter with tokenizers/datasets (~0.5 GB); tokenizing runs at >= ~1 MB/s per

@@ -34,6 +34,9 @@ from s2l.yamlfile import read_yaml
 
 #: the resource group of tasks that name none (bookkeeping stages: score, select, report)
 DEFAULT_GROUP = "default"
+#: the resource group of data-preparation tasks: not a valid user-chosen name (names start with a
+#: letter or digit), so no scale's, width's or proxy size's resources apply to it
+DATA_GROUP = "_data"
 
 
 class Task(abc.ABC):

@@ -208,11 +208,9 @@ def test_dry_run_shows_the_data_stages_and_writes_nothing(tmp_path):
 
 
 def test_slurm_data_block_is_typed_and_overrides_the_derived_resources(tmp_path):
-    from hpc.resources import DATA_GROUP, SlurmConfig, data_resources
+    from hpc.resources import SlurmConfig, data_resources
     from s2l.config import ConfigError
-    from s2l.lm import prepare
-
-    assert DATA_GROUP == prepare.DATA_GROUP
+    from s2l.tasks import DATA_GROUP
     base = SlurmConfig.from_raw({"defaults": {"gpus": 1, "cpus": 8, "partition": "gpu",
                                               "account": "lab"}}, ["xs"], data_bytes=3 << 30)
     r = base.resources_for(DATA_GROUP)

@@ -35,11 +35,8 @@ import time
 from pathlib import Path
 
 from s2l.data.config import DataConfig
-from s2l.tasks import Task, marker_path
+from s2l.tasks import DATA_GROUP, Task, marker_path
 
-#: the resource group tag of data tasks (`hpc.resources.DATA_GROUP`, the same string): not a
-#: valid scale name (names start with a letter or digit), so no scale's resources apply
-DATA_GROUP = "_data"
 TOKENIZER_STAGE, SHARDS_STAGE, FINALIZE_STAGE = "data-tokenizer", "data-shards", "data-finalize"
 DATA_STAGES = (TOKENIZER_STAGE, SHARDS_STAGE, FINALIZE_STAGE)
 #: text of each streamed source read at submit to catch a wrong path, format or text field
