@@ -96,7 +96,7 @@ def jobs(out: Path) -> dict:
 
 def load_plan(raw: dict, sweep: Path):
     from s2l.lm.config import parse_sweep
-    from s2l.data.shards import plan_preparation
+    from s2l.data.plan import plan_preparation
 
     cfg = parse_sweep(raw, sweep).data
     return cfg, plan_preparation(cfg)

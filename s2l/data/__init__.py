@@ -7,9 +7,9 @@
 
 Modules: `config` (YAML blocks), `corpus` (built-in offline domains), `sources` (hub / local
 files through `datasets`), `tokenizer`, `testsets` + `benchmarks` + `suite` (the fixed test
-suite), `shards` (preparation as stages: plan, tokenizer, one task per shard, finalize;
-`prepare_data` runs them serially) + `streams` (reading a shard) + `tokens` (the concatenated
-view), `cache` (load), `mixture` (the sampler). docs/data.md describes the on-disk layout.
+suite), `plan` (the shards and their fingerprints, cheap) + `shards` (preparation as stages:
+tokenizer, one task per shard, finalize; `prepare_data` runs them serially) + `streams`
+(reading a shard) + `tokens` (the concatenated view), `cache` (load), `mixture` (the sampler). docs/data.md describes the on-disk layout.
 """
 from s2l.data.cache import PreparedData
 from s2l.data.shards import prepare_data

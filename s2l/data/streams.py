@@ -1,6 +1,6 @@
 """Read one shard's documents, streaming: memory is bounded by a document, not the source.
 
-A shard (s2l.data.shards.ShardSpec) is one of
+A shard (s2l.data.plan.ShardSpec) is one of
 
 | kind    | slice of the source                          | read with                              |
 |---------|----------------------------------------------|----------------------------------------|

@@ -78,7 +78,7 @@ class _DataTask(Task):
     the sweep's out dir (markers, reports) and the data resource group."""
 
     cfg: DataConfig
-    plan: object  # s2l.data.shards.DataPlan
+    plan: object  # s2l.data.plan.DataPlan
     out: Path
     stage = ""
 

@@ -65,10 +65,10 @@ class LMStudy(Study):
 
     @property
     def plan(self):
-        """The data preparation's plan (`s2l.data.shards.DataPlan`): cheap (file sizes, no
+        """The data preparation's plan (`s2l.data.plan.DataPlan`): cheap (file sizes, no
         text), made once; a source it cannot list is a ConfigError at its key path."""
         if self._plan is None:
-            from s2l.data.shards import plan_preparation
+            from s2l.data.plan import plan_preparation
 
             self._plan = plan_preparation(self.config.data)
         return self._plan
