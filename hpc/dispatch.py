@@ -8,7 +8,7 @@ of a study's stages that are not done yet. Both take the same path:
     watch(jobs, backend, progress, poll_s, outcome, folder)
 
 `make_jobs` resolves each task's resource group tag with `SlurmConfig.resources_for`, groups
-tasks with equal `Resources` (order kept) and packs `cfg.pack` of them per job
+tasks with equal `Resources` (order kept) and deals them into jobs of at most `cfg.pack`
 (`hpc.node.TaskRunner` runs a pack one task after another). `watch` asks the backend to start
 and poll jobs until all have ended, then `classify` asks each task whether it is done (its
 completion marker), never the exit code alone: a failed job of a pack loses nothing its
@@ -130,13 +130,21 @@ def split_done(stage: Stage, out: Outcome) -> list[Task]:
 
 def make_jobs(stage: str, tasks: Iterable[Task], cfg: SlurmConfig) -> list[Job]:
     """Resolve each task's group to its Resources, group tasks with equal resources (order
-    kept) and cut each group into packs of `cfg.pack`."""
+    kept) and deal each group into ceil(n / `cfg.pack`) jobs of at most `cfg.pack` tasks.
+
+    Dealt, not cut: job j of J runs tasks j, j + J, j + 2J, ... A stage lists its tasks in
+    sweep order (scale by scale), so consecutive packs would give one job all the smallest
+    cells and another all the largest, and the stage would wait on the latter alone; dealt
+    packs carry a like share of each."""
     groups: dict[Resources, list[Task]] = defaultdict(list)
     for t in tasks:
         groups[cfg.resources_for(t.group)].append(t)
     pack = max(1, cfg.pack)
-    return [Job(stage, ts[i:i + pack], res) for res, ts in groups.items()
-            for i in range(0, len(ts), pack)]
+    jobs = []
+    for res, ts in groups.items():
+        n_jobs = -(-len(ts) // pack)
+        jobs += [Job(stage, ts[j::n_jobs], res) for j in range(n_jobs)]
+    return jobs
 
 
 def setup_lines(cfg: SlurmConfig, res: Resources) -> list[str]:

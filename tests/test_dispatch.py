@@ -147,6 +147,16 @@ def test_groups_resolve_to_resources_and_separate_jobs(tmp_path):
     assert [j.resources for j in jobs] == [Resources(), big]
 
 
+def test_packs_are_dealt_so_each_job_gets_a_share_of_every_part_of_the_stage(tmp_path):
+    from hpc.dispatch import make_jobs
+    tasks = [FileTask(tmp_path, str(i)) for i in range(7)]  # e.g. cells, smallest scale first
+    jobs = make_jobs("train", tasks, SlurmConfig(pack=3))
+    assert [[t.key for t in j.tasks] for j in jobs] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
+    jobs = make_jobs("train", tasks, SlurmConfig(pack=7))
+    assert [[t.key for t in j.tasks] for j in jobs] == [[str(i) for i in range(7)]]
+    assert [len(j.tasks) for j in make_jobs("train", tasks, SlurmConfig(pack=1))] == [1] * 7
+
+
 def test_env_reaches_the_task_quoted_and_runs_nothing(tmp_path):
     """A benign but odd env value reaches the local job exactly, as data: the shell that
     starts the job must not run the `touch` inside it."""
