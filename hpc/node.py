@@ -56,11 +56,15 @@ from s2l.tasks import Task, run_task, run_tasks_packed
 DRIVER_ENV = "S2L_DRIVER_PID"  # "pid:start" of the local driver that started this job
 DRIVER_POLL_S = 0.5
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+#: thread pools capped to the job's cpus: BLAS/OpenMP (torch, numpy) and rayon (the Rust pool of
+#: `tokenizers`: uncapped, a 1-cpu data task ran BPE training and encoding on every core of the
+#: node, and spent 10-15% more CPU-seconds on it than with one thread)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "RAYON_NUM_THREADS")
 
 
 def thread_env(cpus: int) -> dict[str, str]:
-    """Env that caps BLAS/OpenMP threads; also exported in the job's setup lines so that it is
+    """Env that caps BLAS/OpenMP and rayon threads; also exported in the job's setup lines so that it is
     in place before the task's modules import torch."""
     return {k: str(max(1, cpus)) for k in THREAD_VARS}
 

@@ -49,6 +49,7 @@ def test_executor_params_map_every_resource():
     assert p["slurm_array_parallelism"] == 7
     assert p["slurm_setup"][0] == "module load cuda"
     assert "export OMP_NUM_THREADS=8" in p["slurm_setup"] and "export HF_HOME='/x y'" in p["slurm_setup"]
+    assert "export RAYON_NUM_THREADS=8" in p["slurm_setup"]  # the tokenizers' thread pool too
     # submitit accepts them all and writes a valid sbatch script
     from submitit.slurm.slurm import _make_sbatch_string
     ex_params = {k.removeprefix("slurm_"): v for k, v in p.items() if k.startswith("slurm_")}
