@@ -55,12 +55,20 @@ class PreparedData:
     concatenation). Opening is cheap and processes share the pages."""
 
     path: Path
-    tokenizer: object  # transformers.PreTrainedTokenizerFast
     vocab_size: int
     domains: list[str]
     train: dict[str, np.ndarray]
     test: TestSuite
     stats: dict
+    _tokenizer: object = dataclasses.field(default=None, repr=False)
+
+    @property
+    def tokenizer(self):
+        """The transformers.PreTrainedTokenizerFast, loaded on first use: a cell job needs
+        only token ids, and loading it costs each job ~0.5 s of transformers imports."""
+        if self._tokenizer is None:
+            self._tokenizer = toklib.load(self.path / "tokenizer")
+        return self._tokenizer
 
     @classmethod
     def load(cls, path: str | Path) -> "PreparedData":
@@ -76,6 +84,5 @@ class PreparedData:
         else:  # a directory from before sharding: one file per domain
             train = {d: np.memmap(path / "train" / f"{d}.bin", dtype=stats["dtype"], mode="r")
                      for d in domains}
-        return cls(path=path, tokenizer=toklib.load(path / "tokenizer"),
-                   vocab_size=stats["vocab_size"], domains=domains, train=train,
+        return cls(path=path, vocab_size=stats["vocab_size"], domains=domains, train=train,
                    test=TestSuite.load(path), stats=stats)
