@@ -99,6 +99,9 @@ def test_summary_text_and_figure(store, tmp_path):
     assert "1 of 48 cells not done" in text
     png = summary.write_summary_figure(path, tmp_path / "sub" / "summary.png")
     assert matplotlib.image.imread(png).shape[1] > 500
+    # the sweep's final summary: the same text and figure from one analysis
+    both, png2 = summary.summary_and_figure(path, tmp_path / "both.png")
+    assert both == text and matplotlib.image.imread(png2).shape == matplotlib.image.imread(png).shape
 
 
 def test_summary_on_a_store_too_partial(tmp_path):
@@ -108,6 +111,9 @@ def test_summary_on_a_store_too_partial(tmp_path):
     assert summary.summarize(tmp_path / "p.zarr").startswith("cross-scale summary unavailable: "
                                                              "reference scale 's1' has 1 done")
     assert summary.write_summary_figure(tmp_path / "p.zarr", tmp_path / "x.png") is None
+    text, png = summary.summary_and_figure(tmp_path / "p.zarr", tmp_path / "y.png")
+    assert text.startswith("cross-scale summary unavailable: ") and png is None
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
 
 
 def tree(path: Path) -> dict:

@@ -80,6 +80,20 @@ def write_summary_figure(store_path: str | Path, png_path: str | Path) -> Path |
         a = _quick(store_path)
     except StoreError:
         return None
+    return _figure(a, png_path)
+
+
+def summary_and_figure(store_path: str | Path, png_path: str | Path) -> tuple[str, Path | None]:
+    """(`summarize`'s text, `write_summary_figure`'s path) from one analysis of the store:
+    the sweep's final summary, which would otherwise bootstrap every correlation twice."""
+    try:
+        a = _quick(store_path)
+    except StoreError as e:
+        return f"cross-scale summary unavailable: {e}", None
+    return format_correlations(a), _figure(a, png_path)
+
+
+def _figure(a: pipeline.Analysis, png_path: str | Path) -> Path | None:
     if a.correlation.empty:
         return None
     png_path = Path(png_path)

@@ -118,10 +118,10 @@ def final_summary(store: Path, figure: Path, tracking_uri: str, experiment: str 
     """Correlation of each smaller scale with the largest, per test set, and where things are."""
     lines = []
     try:
-        from s2l.analysis.summary import summarize, write_summary_figure
+        from s2l.analysis.summary import summary_and_figure
 
-        lines.append(summarize(store))
-        figure = write_summary_figure(store, figure)  # None while too few cells are done
+        text, figure = summary_and_figure(store, figure)  # figure None: too few cells done
+        lines.append(text)
     except ImportError:  # analysis package not installed in a trimmed deployment
         figure = None
     lines.append(f"store:   {store}  (xarray.open_zarr(..., consolidated=False))")
