@@ -48,7 +48,7 @@ class CellRun(Protocol):
 
     def log_params(self, params: dict) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
-    def log_history(self, key: str, points: list[tuple[int, float]]) -> None: ...
+    def log_curves(self, curves: dict[str, list[tuple[int, float]]]) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def finish(self, status: str = "FINISHED", end_time: int | None = None) -> None: ...
 
@@ -175,14 +175,17 @@ class _MlflowCellRun:
         now = int(time.time() * 1000)
         self._log([Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
-    def log_history(self, key: str, points: list[tuple[int, float]]) -> None:
-        """A whole curve in few requests (one call per point is slow on SQLite and servers)."""
+    def log_curves(self, curves: dict[str, list[tuple[int, float]]]) -> None:
+        """Whole curves {key: [(step, value)]} in few requests: one per 500 points, not one
+        per point nor per curve (each request is a commit, an fsync on SQLite: a cell's 16
+        curves one by one took 0.19 CPU-s of the driver per cell, with load 2)."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._log([Metric(key, float(v), now, int(step)) for step, v in points])
+        self._log([Metric(key, float(v), now, int(step))
+                   for key, points in curves.items() for step, v in points])
 
     def _log(self, batch) -> None:
         for lo in range(0, len(batch), 500):  # MLflow's per-request limit on metrics
@@ -253,8 +256,9 @@ class _RecordedRun:
         self.record["metrics"] += [[k, float(v), step or 0] for k, v in metrics.items()]
         self.tracker._save()
 
-    def log_history(self, key: str, points: list[tuple[int, float]]) -> None:
-        self.record["metrics"] += [[key, float(v), int(step)] for step, v in points]
+    def log_curves(self, curves: dict[str, list[tuple[int, float]]]) -> None:
+        self.record["metrics"] += [[key, float(v), int(step)]
+                                   for key, points in curves.items() for step, v in points]
         self.tracker._save()
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -360,8 +364,7 @@ def _replay(tracker: MlflowTracker, runs: dict) -> int:
         curves: dict[str, list] = {}
         for key, value, step in r["metrics"]:
             curves.setdefault(key, []).append((step, value))
-        for key, points in curves.items():
-            run.log_history(key, points)
+        run.log_curves(curves)
         for name, text in r["artifacts"].items():
             run.log_text(text, name)
         run.finish(r["status"] if r["status"] != "RUNNING" else "FAILED", r.get("end_time"))
@@ -387,8 +390,7 @@ def record_cell(out: str | Path, parent: str | None, name: str, cell_id: str, pa
     run.log_params(params)
     for file, text in artifacts.items():
         run.log_text(text, file)
-    for key, points in history.items():
-        run.log_history(key, points)
+    run.log_curves(history)
     run.log_metrics(metrics)
     run.finish("FINISHED", end_time=int(end_time * 1000))
     return path
