@@ -19,7 +19,7 @@ from s2l.data import shards as sh
 from s2l.data.cache import split_documents
 from s2l.data.corpus import MB, cap_documents
 from s2l.data.sources import domain_documents
-from s2l.data.tokenizer import train_bpe
+from s2l.data.tokenizer import TokenIds, encode_batch, load, train_bpe
 from s2l.data.tokens import ConcatTokens, open_stream
 
 WORDS = ("alpha beta gamma delta river stone cloud seven apple orange quiet loud north south "
@@ -128,6 +128,21 @@ def builtin_pair(tmp_path_factory):
     many = config(base / "many", BUILTIN, max_mb_per_domain=0.2, shard_mb=0.05)
     assert one.fingerprint() == many.fingerprint()  # the shard size does not change the data
     return one, PreparedData.load(prepare_data(one)), many, PreparedData.load(prepare_data(many))
+
+
+def test_shard_workers_bare_tokenizer_gives_the_ids_of_the_transformers_one(tmp_path):
+    train_bpe(docs_text(200, 3), 300).save_pretrained(str(tmp_path / "tok"))
+    full, bare = load(tmp_path / "tok"), TokenIds(tmp_path / "tok")
+    texts = docs_text(50, 4, words=(0, 40)) + ["", " ", "  leading", "tab\tand\nnewline",
+                                                "<|endoftext|> inside", "emoji 🙂 日本語", "x" * 500]
+    assert encode_batch(bare, texts) == encode_batch(full, texts)
+    assert encode_batch(full, texts) == [full(t, add_special_tokens=False)["input_ids"]
+                                         for t in texts]
+    assert bare.eos_token_id == full.eos_token_id and len(bare) == len(full) == 300
+    cfg = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({**cfg, "eos_token": None}))
+    with pytest.raises(ValueError, match="eos_token"):
+        TokenIds(tmp_path / "tok")
 
 
 def test_builtin_shards_equal_todays_algorithm(builtin_pair, tmp_path):

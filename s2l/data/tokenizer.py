@@ -49,6 +49,30 @@ def load(path: Path):
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
+class TokenIds:
+    """The Rust tokenizer of a saved tokenizer directory, without transformers: what a shard
+    worker needs to turn text into ids (`encode_batch`, `eos_token_id`, `len`). Importing
+    transformers costs a worker process ~2.5 CPU-seconds, more than tokenizing a small shard.
+    tests/test_data_shards.py checks that its ids equal those of `load(path)`."""
+
+    def __init__(self, path: Path):
+        import json
+
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        self.backend_tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        eos = json.loads((path / "tokenizer_config.json").read_text()).get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        self.eos_token_id = self.backend_tokenizer.token_to_id(eos) if eos else None
+        if self.eos_token_id is None:
+            raise ValueError(f"{path}: the tokenizer names no eos_token in its vocabulary; "
+                             "s2l separates documents with it")
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+
 def encode_batch(tok, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, with no special tokens added. Uses the Rust tokenizer's
     parallel batch encoder directly (the Python wrapper adds ~2x overhead on big batches)."""
