@@ -198,12 +198,12 @@ def _tokenizer_sha(root: Path) -> str:
         raise OSError(f"{root / TOKENIZER_MARK}: unreadable ({e})") from None
 
 
-def _load_tokenizer(plan: DataPlan, ids_only: bool = False):
-    """The prepared tokenizer: transformers' (the test suite needs its API), or with `ids_only`
-    the bare Rust one (`toklib.TokenIds`: a shard worker then never imports transformers)."""
+def _load_tokenizer(plan: DataPlan) -> toklib.TokenIds:
+    """The prepared tokenizer as the bare Rust one: shard and finalize workers only turn text
+    into ids, and so never import transformers."""
     if not (plan.root / TOKENIZER_MARK).exists():
         raise RuntimeError(f"{plan.root}: no tokenizer yet; run build_tokenizer first")
-    return (toklib.TokenIds if ids_only else toklib.load)(plan.root / "tokenizer")
+    return toklib.TokenIds(plan.root / "tokenizer")
 
 
 # ----------------------------------------------------------------------------- shards
@@ -272,7 +272,7 @@ def tokenize_shard(cfg: DataConfig, plan: DataPlan, spec: ShardSpec,
     if (plan.root / COMPLETE).exists():
         meta = _read_meta(_meta_path(plan, spec))
         return meta or {"key": spec.key, "reused": True}
-    tok = _load_tokenizer(plan, ids_only=True)
+    tok = _load_tokenizer(plan)
     sha = _tokenizer_sha(plan.root)
     content = _content(spec, sha)
     d = _shard_dir(plan, spec)
