@@ -113,3 +113,33 @@ def dies_at(step: int, batches):
             raise Killed
         return batches(s)
     return fn
+
+
+def random_batches(seed: int, vocab: int, seq_len: int, rows: int = 8):
+    """batch_fn(step) -> int64 (rows, seq_len + 1) uniform tokens, a pure function of (seed,
+    step): the training data of the train/resume tests."""
+    import numpy as np
+
+    def fn(step):
+        return np.random.default_rng([seed, step]).integers(0, vocab, size=(rows, seq_len + 1))
+    return fn
+
+
+def brute_force_row_losses(model, tokens, mask):
+    """Mean target-token loss of each row (R,) float64, one row at a time at its full width
+    through the transformers model's own forward and head (`model(...).logits`), float64
+    cross-entropy: the independent check of s2l.evaluate.row_losses."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    out = np.zeros(len(tokens))
+    model.eval()
+    with torch.no_grad():
+        for r in range(len(tokens)):
+            ids = torch.tensor(tokens[r:r + 1], dtype=torch.long)
+            logits = model(input_ids=ids[:, :-1]).logits[0].double()
+            nll = F.cross_entropy(logits, ids[0, 1:], reduction="none").numpy()
+            m = mask[r, 1:]
+            out[r] = nll[m].mean() if m.any() else 0.0
+    return out

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import brute_force_row_losses
 
 from s2l.config import TrainConfig
 from s2l.evaluate import BF16_EVAL_TOLERANCE, _batches, last_target, row_losses
@@ -57,21 +57,6 @@ def suite(rows: int, seed: int = 0):
     return tokens, mask
 
 
-def brute_force(model, tokens, mask) -> np.ndarray:
-    """One row at a time, its full width, through the transformers model (`model(...)`, the
-    library's own forward and head), cross-entropy in float64: (R,)."""
-    model.eval()
-    out = np.zeros(len(tokens))
-    with torch.no_grad():
-        for r in range(len(tokens)):
-            ids = torch.tensor(tokens[r:r + 1], dtype=torch.long)
-            logits = model(input_ids=ids[:, :-1]).logits[0].double()
-            nll = F.cross_entropy(logits, ids[0, 1:], reduction="none").numpy()
-            m = mask[r, 1:]
-            out[r] = nll[m].mean() if m.any() else 0.0
-    return out
-
-
 def test_batches_respect_the_token_budget_and_keep_the_order():
     rng = np.random.default_rng(0)
     last = rng.integers(0, 100, 300)
@@ -99,7 +84,7 @@ def test_row_losses_equal_a_brute_force_per_row_evaluation():
     order = rows[np.argsort(-last[rows], kind="stable")]
     sizes = [len(b) for b in _batches(order, last, 4)]
     assert max(sizes) > 4 and min(sizes) <= 4      # the budget batching is exercised
-    want = brute_force(model, tokens, mask)
+    want = brute_force_row_losses(model, tokens, mask)
     assert want[3] == 0.0 and want.min() >= 0
     for bs in (4, 64, 1):
         got = row_losses(model, tokens, mask, batch_size=bs, precision="fp32")
@@ -112,7 +97,7 @@ def test_bf16_row_losses_in_token_budget_batches_stay_within_the_stated_toleranc
     model = trained(ModelShape(128, 2, 4), steps=20)
     tokens, mask = suite(24, seed=2)
     f32 = row_losses(model, tokens, mask, 8, "fp32")
-    np.testing.assert_allclose(f32, brute_force(model, tokens, mask), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(f32, brute_force_row_losses(model, tokens, mask), rtol=1e-5, atol=1e-7)
     b16 = row_losses(model, tokens, mask, 8, "bf16")
     err = np.abs(b16 - f32)
     assert 0 < err.max() <= BF16_EVAL_TOLERANCE * np.maximum(1.0, f32).max()

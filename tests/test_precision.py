@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import Killed, dies_at
+from conftest import Killed, dies_at, random_batches
 
 import s2l.train as st
 from s2l.config import TrainConfig
@@ -73,10 +73,7 @@ CFG = TrainConfig(batch_size=8, lr=1e-2, log_every=2, checkpoint_every=3, warmup
 
 
 def batches(seed: int):
-    def fn(step):
-        rng = np.random.default_rng([seed, step])
-        return rng.integers(0, VOCAB, size=(8, SEQ + 1))
-    return fn
+    return random_batches(seed, VOCAB, SEQ)
 
 
 def tiny(seed=0):

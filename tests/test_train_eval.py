@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import Killed, dies_at
+from conftest import Killed, dies_at, random_batches
 
 from s2l.config import TrainConfig
 from s2l.evaluate import row_losses, sample_metrics
@@ -17,10 +17,7 @@ VOCAB, SEQ = 64, 16
 
 
 def batches(seed: int):
-    def fn(step):
-        rng = np.random.default_rng([seed, step])
-        return rng.integers(0, VOCAB, size=(8, SEQ + 1))
-    return fn
+    return random_batches(seed, VOCAB, SEQ)
 
 
 def tiny(seed=0):

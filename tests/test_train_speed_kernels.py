@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import brute_force_row_losses
 
 from s2l.evaluate import row_losses
 from s2l.model import ModelShape, build_model
@@ -79,20 +80,6 @@ def test_lean_forward_is_refused_where_it_would_differ():
     assert not lean_forward_ok(torch.nn.Linear(2, 2))
 
 
-def naive_row_losses(model, tokens, mask):
-    """One row at a time, full width, full logits, F.cross_entropy: (R,) float64."""
-    out = np.zeros(len(tokens))
-    model.eval()
-    with torch.no_grad():
-        for r in range(len(tokens)):
-            ids = torch.tensor(tokens[r:r + 1], dtype=torch.long)
-            logits = model(input_ids=ids[:, :-1]).logits[0].double()
-            nll = F.cross_entropy(logits, ids[0, 1:], reduction="none").numpy()
-            m = mask[r, 1:]
-            out[r] = nll[m].mean() if m.any() else 0.0
-    return out
-
-
 @pytest.mark.parametrize("eager", [False, True])
 def test_row_losses_sorted_and_trimmed_equal_a_plain_loop(eager):
     torch.set_num_threads(1)
@@ -112,7 +99,7 @@ def test_row_losses_sorted_and_trimmed_equal_a_plain_loop(eager):
     mask[6] = False
     mask[6, 1] = True                                 # a single target at position 1
     got = row_losses(model, tokens, mask, batch_size=4, precision="fp32")
-    want = naive_row_losses(model, tokens, mask)
+    want = brute_force_row_losses(model, tokens, mask)
     assert got[5] == 0.0
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
     # batch composition does not matter beyond rounding: causal attention, no padding leak
