@@ -57,8 +57,11 @@ def run_stages(stages: list[Stage], folder: str | Path, cfg: SlurmConfig | None 
         todo = split_done(stage, out)
         if not todo:
             continue
-        jobs = make_jobs(stage.name, todo, cfg)
-        backend = LocalBackend(logs, cfg, max_parallel or default_parallel(jobs), folder)
+        parallel = max_parallel or default_parallel(make_jobs(stage.name, todo, cfg))
+        # as many jobs as run at once, at least: a stage of 7 small data shards with pack 10
+        # is 2 jobs on 2 cores, not one job on one core beside an idle one
+        jobs = make_jobs(stage.name, todo, cfg, min_jobs=parallel)
+        backend = LocalBackend(logs, cfg, parallel, folder)
         try:
             watch(jobs, backend, progress, poll_s=min(cfg.poll_s, 1.0), out=out, folder=folder)
         finally:

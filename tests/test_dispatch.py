@@ -155,6 +155,11 @@ def test_packs_are_dealt_so_each_job_gets_a_share_of_every_part_of_the_stage(tmp
     jobs = make_jobs("train", tasks, SlurmConfig(pack=7))
     assert [[t.key for t in j.tasks] for j in jobs] == [[str(i) for i in range(7)]]
     assert [len(j.tasks) for j in make_jobs("train", tasks, SlurmConfig(pack=1))] == [1] * 7
+    # a backend running 2 jobs at once gets 2 jobs, however large the pack; never empty ones
+    jobs = make_jobs("train", tasks, SlurmConfig(pack=10), min_jobs=2)
+    assert [[t.key for t in j.tasks] for j in jobs] == [["0", "2", "4", "6"], ["1", "3", "5"]]
+    assert len(make_jobs("train", tasks[:1], SlurmConfig(pack=10), min_jobs=2)) == 1
+    assert len(make_jobs("train", tasks, SlurmConfig(pack=3), min_jobs=2)) == 3
 
 
 def test_env_reaches_the_task_quoted_and_runs_nothing(tmp_path):
