@@ -27,23 +27,6 @@ BF16_EVAL_TOLERANCE = 0.02
 HEAD_CHUNK_ROWS = 512
 
 
-def _batches(order: np.ndarray, last: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Split `order` (R',) row indices sorted by `last` (R,), longest first, into batches of
-    at most `batch_size` x (the longest row's width) tokens, a batch counted at its first
-    (longest) row's width: batches of short rows take more rows (fewer calls, each with more
-    work, where per-call costs count), and no batch holds more tokens, so no more memory,
-    than `batch_size` rows of the longest width did."""
-    if len(order) == 0:
-        return []
-    budget = batch_size * int(last[order[0]])
-    out, lo = [], 0
-    while lo < len(order):
-        n = max(1, budget // int(last[order[lo]]))
-        out.append(order[lo:lo + n])
-        lo += n
-    return out
-
-
 def head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
              chunk: int = HEAD_CHUNK_ROWS) -> torch.Tensor:
     """Cross-entropy of each position: hidden (K, d), weight (V, d), targets int64 (K,) ->
@@ -71,9 +54,8 @@ def row_losses(model: torch.nn.Module, tokens: np.ndarray, loss_mask: np.ndarray
 
     tokens int (R, L), loss_mask bool (R, L): position j is a target predicted from tokens
     [:j]. Work is only spent where it counts: rows are sorted by their last target position
-    and batched by tokens (at most `batch_size` rows of the longest width; more rows when
-    they are shorter: `_batches`), each batch cut to its longest row (causal attention: a
-    row's losses do not depend on the padding after it, nor on its batch mates), and only
+    and batched `batch_size` at a time, each batch cut to its longest row (causal attention:
+    a row's losses do not depend on the padding after it, nor on its batch mates), and only
     the target positions go through the vocabulary head (`head_nll`). No autograd state
     (inference mode). `precision` as in `s2l.train.resolve_precision` ("auto" decides by
     device, CPU capability and model size).
@@ -87,7 +69,8 @@ def row_losses(model: torch.nn.Module, tokens: np.ndarray, loss_mask: np.ndarray
     order = rows[np.argsort(-last[rows], kind="stable")]          # longest first
     fast = hasattr(model, "transformer") and hasattr(model, "lm_head")
     lean = lean_forward_ok(model)
-    for idx in _batches(order, last, batch_size):
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo:lo + batch_size]
         width = int(last[idx[0]])                                 # inputs 0..width-1
         ids = torch.from_numpy(tokens[idx, :width + 1].astype(np.int64)).to(device)
         mask = torch.from_numpy(loss_mask[idx, 1:width + 1]).to(device)  # (b, width)
@@ -129,8 +112,6 @@ def sample_metrics(row_loss: np.ndarray, row_sample: np.ndarray, row_choice: np.
 
 def evaluate(model: torch.nn.Module, suite, batch_size: int = 16,
              precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample (loss, correct), each float32 (S,), for a `s2l.data.TestSuite`.
-    `batch_size`: rows per forward at the suite's longest width, a token budget that shorter
-    rows share among more rows (`row_losses`)."""
+    """Per-sample (loss, correct), each float32 (S,), for a `s2l.data.TestSuite`."""
     rl = row_losses(model, suite.tokens, suite.loss_mask, batch_size, precision)
     return sample_metrics(rl, suite.row_sample, suite.row_choice, suite.answer)
