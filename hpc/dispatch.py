@@ -137,7 +137,9 @@ def make_jobs(stage: str, tasks: Iterable[Task], cfg: SlurmConfig, min_jobs: int
     Dealt, not cut: job j of J runs tasks j, j + J, j + 2J, ... A stage lists its tasks in
     sweep order (scale by scale), so consecutive packs would give one job all the smallest
     cells and another all the largest, and the stage would wait on the latter alone; dealt
-    packs carry a like share of each."""
+    packs carry a like share of each. Except where the jobs train their packs as one vmapped
+    model (`pack_mode` vmap, or auto on GPU jobs: hpc.node): that needs cells of one shape in
+    one job, so there the packs are consecutive runs of the sweep's order."""
     groups: dict[Resources, list[Task]] = defaultdict(list)
     for t in tasks:
         groups[cfg.resources_for(t.group)].append(t)
@@ -145,7 +147,11 @@ def make_jobs(stage: str, tasks: Iterable[Task], cfg: SlurmConfig, min_jobs: int
     jobs = []
     for res, ts in groups.items():
         n_jobs = max(-(-len(ts) // pack), min(len(ts), min_jobs))
-        jobs += [Job(stage, ts[j::n_jobs], res) for j in range(n_jobs)]
+        if cfg.pack_mode == "vmap" or (cfg.pack_mode == "auto" and res.gpus > 0):
+            size = -(-len(ts) // n_jobs)
+            jobs += [Job(stage, ts[i:i + size], res) for i in range(0, len(ts), size)]
+        else:
+            jobs += [Job(stage, ts[j::n_jobs], res) for j in range(n_jobs)]
     return jobs
 
 

@@ -160,6 +160,12 @@ def test_packs_are_dealt_so_each_job_gets_a_share_of_every_part_of_the_stage(tmp
     assert [[t.key for t in j.tasks] for j in jobs] == [["0", "2", "4", "6"], ["1", "3", "5"]]
     assert len(make_jobs("train", tasks[:1], SlurmConfig(pack=10), min_jobs=2)) == 1
     assert len(make_jobs("train", tasks, SlurmConfig(pack=3), min_jobs=2)) == 3
+    # jobs that train their pack as one vmapped model need same-shape neighbours together
+    cut = [[t.key for t in j.tasks] for j in make_jobs("train", tasks, SlurmConfig(pack=3, pack_mode="vmap"))]
+    assert cut == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+    gpu = SlurmConfig(pack=4, default=Resources(gpus=1))
+    assert [[t.key for t in j.tasks] for j in make_jobs("train", tasks, gpu, min_jobs=2)] == \
+        [["0", "1", "2", "3"], ["4", "5", "6"]]
 
 
 def test_env_reaches_the_task_quoted_and_runs_nothing(tmp_path):
