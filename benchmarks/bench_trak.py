@@ -71,7 +71,7 @@ def cpu_info() -> str:
         fast = "yes" if fast_bf16() else "no"
     except ImportError:  # an older tree
         fast = "n/a"
-    return f"{name}; {' '.join(have)}; bf16 matmul >= 1.5x fp32 (measured): {fast}"
+    return f"{name}; {' '.join(have)}; fast bf16 (s2l.trak.fast_bf16): {fast}"
 
 
 def _model(layers: str, seed: int):

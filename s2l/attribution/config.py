@@ -80,7 +80,7 @@ class TrakBlock(ConfigModel):
     checkpoints: list[int] = []  # epochs whose checkpoints are ensembled; [] = last only
     proj_dim: Annotated[int, Field(gt=0, le=1 << 16)] = 512
     proj_type: Literal["rademacher", "normal"] = "rademacher"
-    # auto: bf16 where a bf16 matmul measures fast; its scores vs fp32: Spearman 0.986-0.999
+    # auto: bf16 where bf16 matmuls are fast (AMX; GPUs); its scores vs fp32: Spearman 0.986-0.999
     proj_dtype: Literal["fp32", "bf16", "auto"] = "fp32"
     ridge: NonNegative = 0.0
     use_q: bool = True

@@ -11,7 +11,7 @@ Modules, bottom up (tensors documented with shapes per function; CPU/GPU-agnosti
   grads      per-example gradients G (B, p): closed forms per layer (Linear/Conv2d/BatchNorm),
              torch.func vmap, or a loop of backward passes
   project    seeded chunked projection P (p, k): Rademacher or normal, fp32 or bf16 ('auto':
-             bf16 where a bf16 matmul measures fast)
+             bf16 where bf16 matmuls are fast: AMX, GPUs)
   featurize  Phi (n, k) = G P and Q (n,) of one model
   score      kernel (k, k), Cholesky solves, scores S (n, T): single model, blockwise ensemble
              over stored features, and `trak_scores` (everything in memory)

@@ -14,9 +14,9 @@ faster than one `randint` per entry, which took as long as the projection itself
 
 Precision (`dtype`): float32, bfloat16 (+-1 is exact in bf16: only the gradients are rounded,
 and the product is rounded to bf16 before the fp32 sum over chunks, ~2^-9 relative per
-feature), or "auto" = bf16 where a bf16 matmul measures >= 1.5x faster than fp32 on this device
-(`fast_bf16`: CPUs with AMX, e.g. 4x here; GPUs), else fp32. On a CPU without AMX/avx512_bf16
-(an AMD EPYC, measured) a bf16 matmul ran 100x *slower* than fp32: never assume, measure.
+feature), or "auto" = bf16 where bf16 matmuls are fast (`fast_bf16`: the capability that
+training uses, `s2l.train.fast_cpu_bf16`: CPUs with AMX, 4x fp32 here; GPUs), else fp32. On a
+CPU without AMX (an AMD EPYC with avx512_bf16, measured) a bf16 matmul ran 100x *slower*.
 Scores from bf16 features matched fp32 ones to Spearman 0.992-0.999 on MLPs with k <= 0.7 n
 (tests/test_trak_fast.py checks >= 0.99), but 0.986 on a CNN with k = 2,048, n = 2,500: the
 kernel's conditioning amplifies the rounding, so bf16/auto are opt-in and fp32 the default.
@@ -25,12 +25,10 @@ kernel's conditioning amplifies the rounding, so bf16/auto are opt-in and fp32 t
 """
 from __future__ import annotations
 
-import functools
-import time
-
 import torch
 from torch import nn
 
+from s2l.train import fast_cpu_bf16
 from s2l.trak.grads import grad_dim
 
 # _SIGNS[b] = the 8 signs (+-1, int8) of the bits of byte b, least significant first, viewed
@@ -48,31 +46,12 @@ def rademacher(rows: int, k: int, generator: torch.Generator, dtype: torch.dtype
     return signs.to(dtype).view(rows, k)
 
 
-@functools.lru_cache(maxsize=None)
 def fast_bf16(device: str = "cpu") -> bool:
-    """True if a bf16 matmul runs >= 1.5x faster than fp32 here (CPU: measured once per process
-    on one thread, a (256 x 2048) @ (2048 x 512) product, best of 5 CPU-times each, ~0.1 s;
-    CUDA: bf16 support)."""
+    """True where bf16 matmuls run much faster than fp32: the capability training and
+    evaluation decide by (`s2l.train.fast_cpu_bf16`: AMX tiles with bf16; a CUDA GPU with bf16)."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(256, 2048, generator=g), torch.randn(2048, 512, generator=g)
-    best = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a per-core property; extra threads only add spin time
-    try:
-        for dt in (torch.float32, torch.bfloat16):
-            x, y = a.to(dt), b.to(dt)
-            x @ y  # warm-up (oneDNN kernel creation)
-            t = []
-            for _ in range(5):
-                t0 = time.process_time()
-                x @ y
-                t.append(time.process_time() - t0)
-            best[dt] = min(t)
-    finally:
-        torch.set_num_threads(threads)
-    return best[torch.bfloat16] * 1.5 <= best[torch.float32]
+    return fast_cpu_bf16()
 
 
 def resolve_dtype(dtype, device: str = "cpu") -> torch.dtype:

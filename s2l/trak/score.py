@@ -132,7 +132,7 @@ def trak_scores(models: Iterable[nn.Module], train: tuple[torch.Tensor, ...],
     train, targets: tuples of tensors, e.g. (x (n, C, H, W), y (n,)).
     output: a model-output function (default: classification margin); see `outputs`.
     projectors: optional list of projectors, one per model (overrides proj_dim/seed/kind).
-    proj_dtype: torch dtype or 'fp32' | 'bf16' | 'auto' (bf16 where it measures fast, see
+    proj_dtype: torch dtype or 'fp32' | 'bf16' | 'auto' (bf16 where bf16 matmuls are fast, see
     `project.fast_bf16`). bf16 scores matched fp32 ones to Spearman 0.992-0.999 where k <= 0.7 n
     but only 0.986 at k = 2048, n = 2500 (an ill-conditioned kernel amplifies the 2^-9
     rounding): opt in, fp32 stays the default.
