@@ -162,8 +162,7 @@ def layer_grads(model: nn.Module, output, batch: tuple[torch.Tensor, ...],
     model.eval()
     mods = closed_form_layers(model)
     if mods is None or not hasattr(output, "batched"):
-        G = flat_grads(model, output, batch)
-        return G if out is None else out.copy_(G)
+        return _vmapped(model, output, batch, out)
     calls: dict[nn.Module, list] = {m: [] for m in mods}
 
     def hook(mod, inputs, o):
@@ -179,8 +178,7 @@ def layer_grads(model: nn.Module, output, batch: tuple[torch.Tensor, ...],
     # an in-place op after a layer (ReLU(inplace=True)) would make `o` another node of the
     # graph: the closed forms would then be wrong, so use vmap
     if any(a._version != va or o._version != vo for m in mods for a, o, va, vo in calls[m]):
-        G = flat_grads(model, output, batch)
-        return G if out is None else out.copy_(G)
+        return _vmapped(model, output, batch, out)
     outs = [o for m in mods for _, o, _, _ in calls[m]]
     gouts = torch.autograd.grad(f.sum(), outs, allow_unused=True)
     B = batch[0].shape[0]
@@ -213,6 +211,13 @@ def layer_grads(model: nn.Module, output, batch: tuple[torch.Tensor, ...],
         else:
             dst.copy_(val.reshape(B, -1))
     return out
+
+
+def _vmapped(model: nn.Module, output, batch: tuple[torch.Tensor, ...],
+             out: torch.Tensor | None) -> torch.Tensor:
+    """`layer_grads`' fallback: `flat_grads` (vmap), written into `out` when given."""
+    G = flat_grads(model, output, batch)
+    return G if out is None else out.copy_(G)
 
 
 def iter_batches(data: tuple[torch.Tensor, ...], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
