@@ -34,7 +34,7 @@ from hpc import record, tracked
 from hpc.dispatch import Job, Outcome, Progress, make_jobs, setup_lines, split_done, watch
 from hpc.lease import live_holder, pid_start, task_lease
 from hpc.node import DRIVER_ENV, TaskRunner
-from hpc.resources import SlurmConfig
+from hpc.resources import Resources, SlurmConfig
 from s2l.tasks import Stage
 
 CLUSTER = "local"
@@ -57,7 +57,7 @@ def run_stages(stages: list[Stage], folder: str | Path, cfg: SlurmConfig | None 
         todo = split_done(stage, out)
         if not todo:
             continue
-        parallel = max_parallel or default_parallel(make_jobs(stage.name, todo, cfg))
+        parallel = max_parallel or default_parallel([cfg.resources_for(t.group) for t in todo])
         # as many jobs as run at once, at least: a stage of 7 small data shards with pack 10
         # is 2 jobs on 2 cores, not one job on one core beside an idle one
         jobs = make_jobs(stage.name, todo, cfg, min_jobs=parallel)
@@ -73,9 +73,9 @@ def run_stages(stages: list[Stage], folder: str | Path, cfg: SlurmConfig | None 
     return out
 
 
-def default_parallel(jobs: list[Job]) -> int:
-    """How many local jobs fit the cores: nproc // (cpus x ranks) of the largest job."""
-    need = max(j.resources.cpus * j.resources.tasks_per_node for j in jobs)
+def default_parallel(resources: list[Resources]) -> int:
+    """How many local jobs fit the cores: nproc // (cpus x ranks) of the largest request."""
+    need = max(r.cpus * r.tasks_per_node for r in resources)
     return max(1, (os.cpu_count() or 1) // max(1, need))
 
 
