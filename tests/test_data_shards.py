@@ -172,6 +172,39 @@ def test_builtin_shards_equal_todays_algorithm(builtin_pair, tmp_path):
     assert (d1.path / "test.npz").read_bytes() == (d4.path / "test.npz").read_bytes()
 
 
+def test_shard_tasks_read_the_tokenizer_tasks_split_instead_of_extracting(
+        builtin_pair, monkeypatch, tmp_path):
+    """Stages as separate processes run them: the shard tasks of builtin domains take the
+    documents the tokenizer's pass saved (the extractor is never called), their outputs are
+    the serial build's byte for byte, a missing or damaged saved split falls back to the
+    extractor, and finalize removes the saved splits."""
+    from s2l.data import corpus, streams
+
+    _, _, many, d4 = builtin_pair
+    cfg = config(tmp_path, BUILTIN, max_mb_per_domain=0.2, shard_mb=0.05)
+    plan = sh.plan_preparation(cfg)
+    sh.build_tokenizer(cfg, plan)
+    assert sorted(p.name for p in (plan.root / sh.BUILTIN_DIR).iterdir()) == [
+        "glossary.json", "quotes.json"]
+    (plan.root / sh.BUILTIN_DIR / "glossary.json").write_text('{"docs": ["x"], "held": []}')
+    streams.builtin_split.cache_clear()  # a new process: nothing extracted yet
+    real = dict(corpus.BUILTINS)
+
+    def boom():
+        raise AssertionError("a shard task extracted a source whose split was saved")
+    monkeypatch.setitem(corpus.BUILTINS, "fortunes", boom)
+    monkeypatch.setitem(corpus.BUILTINS, "foldoc", boom)
+    for spec in plan.shards:
+        if spec.domain == "glossary":  # damaged file: extracted again, the result the same
+            monkeypatch.setitem(corpus.BUILTINS, "foldoc", real["foldoc"])
+        sh.tokenize_shard(cfg, plan, spec)
+    sh.finalize(cfg, plan)
+    assert not (plan.root / sh.BUILTIN_DIR).exists()
+    for n in BUILTIN:
+        assert concat_files(plan.root, n) == concat_files(d4.path, n)
+    assert (plan.root / "test.npz").read_bytes() == (d4.path / "test.npz").read_bytes()
+
+
 def test_plan_reads_no_builtin_text(monkeypatch, tmp_path):
     from s2l.data import corpus
 

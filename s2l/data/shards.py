@@ -14,6 +14,9 @@ Layout of `plan.root` (= cfg.cache_root / cfg.fingerprint()), docs/data.md has t
 
     config.json                    DataConfig.to_dict()
     tokenizer/, TOKENIZER          the tokenizer; TOKENIZER (written last) = its fingerprints
+    builtin/<domain>.json          a builtin domain's documents and held-out flags, as the
+                                   tokenizer's pass extracted them: the shard tasks read them
+                                   instead of extracting again; removed by finalize
     shards/<domain>/<i>.bin        flat token stream of the shard's train documents, EOS after
                                    each (uint16 when the vocabulary fits, else uint32)
     shards/<domain>/<i>.held.jsonl its held-out documents ({"text": ...} per line)
@@ -59,6 +62,7 @@ from s2l.data.streams import builtin_split, shard_documents
 from s2l.data.suite import build_suite
 
 TOKENIZER_MARK = "TOKENIZER"
+BUILTIN_DIR = "builtin"
 HELDOUT_SUITE_MB = 64  # held-out text per domain read into the test suite (the rest unused)
 SAMPLE_DOC_FRACTION = 16  # streamed sample: a document gives at most 1/16 of the budget
 # documents tokenized together: bounds a worker's memory (the Rust Encoding objects of a
@@ -177,11 +181,43 @@ def build_tokenizer(cfg: DataConfig, plan: DataPlan, tok=None, scan: _Scan | Non
     if final.exists():  # from another tokenizer fingerprint, or a crash before the mark
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _save_builtin_splits(cfg, plan)
     mark = {"fingerprint": plan.tokenizer_fingerprint, "sha256": _hash_tokenizer(plan.root),
             "seconds": round(time.time() - t0, 2), "vocab_size": len(tok),
             "sample_bytes": sum(len(t.encode("utf-8", "replace")) for t in scan.sample)
             if scan else 0}
     _write_text(plan.root / TOKENIZER_MARK, json.dumps(mark, indent=1))
+
+
+def _split_path(plan: DataPlan, domain: str) -> Path:
+    return plan.root / BUILTIN_DIR / f"{domain}.json"
+
+
+def _save_builtin_splits(cfg: DataConfig, plan: DataPlan) -> None:
+    """Each builtin domain's `builtin_split` (documents, held-out flags), which the tokenizer's
+    pass has just computed in this process, as JSON for the shard tasks: they run in other
+    processes and would otherwise extract, cap and hash the source again (4.7 of the default
+    grid's ~42 data-preparation CPU-seconds, gcide's 126k entries most of it)."""
+    for dc in cfg.domain_configs:
+        if dc.source == "builtin":
+            docs, held = builtin_split(cfg, dc.name)
+            path = _split_path(plan, dc.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_text(path, json.dumps({"docs": docs, "held": held}))
+
+
+def _load_builtin_split(plan: DataPlan, domain: str) -> tuple[tuple, tuple] | None:
+    """The saved split of a builtin domain, or None (not saved, e.g. by an older version, or
+    not readable as one: then the caller extracts the source itself)."""
+    try:
+        d = json.loads(_split_path(plan, domain).read_text(encoding="utf-8"))
+        docs, held = d["docs"], d["held"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(docs, list) and isinstance(held, list) and len(docs) == len(held)
+            and all(isinstance(t, str) for t in docs) and all(isinstance(h, bool) for h in held)):
+        return None
+    return tuple(docs), tuple(held)
 
 
 def _hash_tokenizer(root: Path) -> str:
@@ -319,7 +355,8 @@ def tokenize_shard(cfg: DataConfig, plan: DataPlan, spec: ShardSpec,
     try:
         with open(tmp["bin"], "wb") as fbin, open(tmp["held.jsonl"], "w") as fheld:
             train, held, size = [], [], 0
-            docs = shard_documents(cfg, spec)
+            split = _load_builtin_split(plan, spec.domain) if spec.kind == "builtin" else None
+            docs = shard_documents(cfg, spec, split)
             with reading(where, f"source of shard {spec.key}") if spec.streamed else _nothing():
                 for text, is_held in docs:
                     b = len(text.encode("utf-8", "replace"))
@@ -421,6 +458,7 @@ def finalize(cfg: DataConfig, plan: DataPlan, benchmarks: dict | None = None,
     # now, so no task of this plan is still writing one
     for tmp in root.glob("shards/*/*.tmp-*"):
         tmp.unlink(missing_ok=True)
+    shutil.rmtree(root / BUILTIN_DIR, ignore_errors=True)  # the shards' input: read by now
     tok = _load_tokenizer(plan)
     metas = {s.key: _read_meta(_meta_path(plan, s)) for s in plan.shards}
     stats: dict = {"domains": {}, "shards": {}}

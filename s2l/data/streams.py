@@ -64,11 +64,13 @@ def builtin_split(cfg: DataConfig, name: str) -> tuple[tuple[str, ...], tuple[bo
     return tuple(docs), tuple(held)
 
 
-def shard_documents(cfg: DataConfig, spec) -> Iterator[tuple[str, bool]]:
-    """(text, heldout) of every non-empty document of the shard, in source order."""
+def shard_documents(cfg: DataConfig, spec, split: tuple | None = None
+                    ) -> Iterator[tuple[str, bool]]:
+    """(text, heldout) of every non-empty document of the shard, in source order. split: a
+    builtin shard's `builtin_split(cfg, spec.domain)` if already known (read from a file)."""
     dc = cfg.domain(spec.domain)
     if spec.kind == "builtin":
-        docs, held = builtin_split(cfg, spec.domain)
+        docs, held = split or builtin_split(cfg, spec.domain)
         n = len(docs)
         lo, hi = spec.index * n // spec.parts, (spec.index + 1) * n // spec.parts
         for i in range(lo, hi):
