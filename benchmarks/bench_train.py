@@ -3,7 +3,7 @@
 For each ladder size (20k .. 5M non-embedding parameters) it measures, one thread, in this one
 process, medians of `--reps` interleaved runs (so that other load on the machine cancels out):
 
-- s2l train (`s2l.train.train` on `s2l.model.build_model`, a transformers GPT-2) vs a minimal
+- s2l train (`s2l.train.train` on `s2l.model.build_model`, s2l's GPT-2) vs a minimal
   nanoGPT-style loop with the same shapes, tied head, AdamW, batch and sequence length, in
   training tokens per CPU-second, fp32 and bf16 autocast;
 - s2l eval (`s2l.evaluate.evaluate` on a suite of rows of varying length with a loss mask, like

@@ -1,7 +1,8 @@
 """The decoder-only LM family: shapes, the scale ladder, parameter and FLOP counts.
 
-Models are `transformers` GPT-2 style causal LMs built from a config (never pretrained
-weights), with dropout off so that training is a deterministic function of (seed, data).
+Models are GPT-2 causal LMs (`s2l.gpt2`: transformers' GPT2LMHeadModel in plain torch, its
+weights loadable there) built from a shape (never pretrained weights), with dropout off so
+that training is a deterministic function of (seed, data).
 Parameter counts follow the scaling-law convention: non-embedding parameters N (token and
 position embeddings excluded; the LM head is tied to the token embedding), and the
 training compute of one cell is C = 6 * N * D for D training tokens (Kaplan/Chinchilla).
@@ -58,35 +59,24 @@ def training_flops(n_params: int, tokens: int) -> float:
 
 
 def build_model(shape: ModelShape, vocab_size: int, seq_len: int, seed: int):
-    """A freshly initialised `transformers.GPT2LMHeadModel`; init is seeded by `seed`."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A freshly initialised GPT-2 LM (`s2l.gpt2.GPT2LM`: transformers' `GPT2LMHeadModel`
+    written out in torch, same parameter names and, for a seed, the same init bit for bit, so
+    checkpoints load into `GPT2LMHeadModel`); init is seeded by `seed`.
 
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=seq_len,
-        n_embd=shape.d_model,
-        n_layer=shape.n_layers,
-        n_head=shape.n_heads,
-        n_inner=shape.mlp_ratio * shape.d_model,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=True,
-        # The exact (erf) GELU, as nanoGPT and BERT use, instead of GPT-2's tanh approximation
-        # "gelu_new" (a python formula: ~7 elementwise passes, 9% of a step at 100k). Per 1M
-        # fp32 values, one thread, forward + backward: gelu_new ~16 + ~12 ms, the fused tanh
-        # kernel "gelu_pytorch_tanh" 4.0 + 4.1 ms, "gelu" 1.1 + 2.1 ms. The two functions
-        # differ by < 5e-4 anywhere; both are GPT2Config values (from_pretrained as before).
-        activation_function="gelu",
-        attn_implementation="sdpa",  # fused causal attention, no (T, T) mask materialised
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    The exact (erf) GELU, as nanoGPT and BERT use, instead of GPT-2's tanh approximation
+    "gelu_new" (a python formula: ~7 elementwise passes, 9% of a step at 100k); the two differ
+    by < 5e-4 anywhere, and "gelu" is a GPT2Config value (`activation_function`)."""
+    import torch
+
+    from s2l.gpt2 import GPT2LM, GPT2Config
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=shape.d_model,
+                        n_layer=shape.n_layers, n_head=shape.n_heads,
+                        n_inner=shape.mlp_ratio * shape.d_model)
     # Seed only the init, in a forked RNG, so building a model never shifts anyone else's stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
+        model = GPT2LM(config)
     return model
 
 

@@ -3,8 +3,8 @@
 A proxy of 25k-1M parameters leaves a GPU almost idle: its matmuls are a few kilobytes, so a
 step costs kernel launches, not arithmetic. `train_packed` stacks the K models' parameters
 along a new leading dimension (`torch.func.stack_module_state`) and runs one forward and
-backward for all of them with `torch.func.vmap` over `functional_call` of the transformers
-model itself, so each launch does K models' work. The models stay `GPT2LMHeadModel`s: their
+backward for all of them with `torch.func.vmap` over `functional_call` of the model itself,
+so each launch does K models' work. The models stay what they were (`s2l.gpt2.GPT2LM`s): their
 trained weights are copied back at the end (loadable with `from_pretrained` as before).
 
 It is the same recipe as `s2l.train.train`, model by model: the same learning-rate schedule
@@ -26,6 +26,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from s2l.config import TrainConfig
+from s2l.gpt2 import set_attention
 from s2l.train import Diverged, autocast, lr_at, non_embedding_params, pick_device, resolve_precision
 
 
@@ -39,12 +40,12 @@ def train_packed(models: Sequence[torch.nn.Module], batch_fns: Sequence[Callable
     if len(models) != len(batch_fns) or not models:
         raise ValueError(f"{len(models)} models but {len(batch_fns)} batch functions")
     device = device or pick_device()
-    attention = [m.config._attn_implementation for m in models]
+    attention = []
     for m in models:
         m.to(device)
         # The eager attention is plain matmuls, which vmap batches; a fused SDPA kernel has no
         # batching rule on every backend and would fall back to a per-model loop.
-        m.set_attn_implementation("eager")
+        attention.append(set_attention(m, "eager"))
         m.train()
     params, buffers = stack_module_state(list(models))  # leaves: (K, *shape), requires_grad
     base = models[0]
@@ -97,7 +98,7 @@ def train_packed(models: Sequence[torch.nn.Module], batch_fns: Sequence[Callable
         for i, m in enumerate(models):
             m.load_state_dict({n: p[i] for n, p in params.items()}, strict=False)
     for m, impl in zip(models, attention):  # evaluation goes back to the fused kernel
-        m.set_attn_implementation(impl)
+        set_attention(m, impl)
     return histories
 
 

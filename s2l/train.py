@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from s2l.config import TrainConfig
+from s2l.gpt2 import GPT2LM, hidden_states
 
 #: Seconds between time-based checkpoints, on top of every `checkpoint_every` steps: bounds
 #: the work lost to a preemption that gives no warning.
@@ -208,8 +209,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
 
 def lean_forward_ok(model) -> bool:
-    """True when `gpt2_hidden` computes exactly what the transformers forward would: a plain
-    GPT-2 (no cross-attention), SDPA attention, no active dropout, default attention scaling."""
+    """True when `gpt2_hidden` computes what the model's own forward does: s2l's GPT-2
+    (`s2l.gpt2.GPT2LM`, always), or a transformers GPT-2 without cross-attention, with SDPA
+    attention, no active dropout and the default attention scaling."""
+    if isinstance(model, GPT2LM):
+        return True
     cfg = getattr(model, "config", None)
     if getattr(cfg, "model_type", None) != "gpt2" or not hasattr(model, "transformer"):
         return False
@@ -219,32 +223,13 @@ def lean_forward_ok(model) -> bool:
 
 
 def gpt2_hidden(model, input_ids):
-    """The final hidden states (after ln_f) of a `GPT2LMHeadModel`: input_ids int64 (B, T) ->
-    (B, T, d), without the vocabulary head.
-
-    The same operations on the same parameters as `model.transformer(input_ids)` (checked
-    bit for bit in tests/test_train_eval.py), minus the wrapper's fixed cost: output
-    capturing, mask construction, attention dispatch, p=0 dropout modules - ~2 ms per call,
-    20% of an evaluation batch at 20k parameters. Use only when `lean_forward_ok(model)`.
-    """
-    F = torch.nn.functional
-    tf = model.transformer
-    B, T = input_ids.shape
-    x = tf.wte(input_ids) + tf.wpe.weight[:T]                  # positions 0..T-1
-    d = x.size(-1)
-    for blk in tf.h:
-        attn, mlp = blk.attn, blk.mlp
-        h = F.layer_norm(x, (d,), blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)
-        qkv = torch.addmm(attn.c_attn.bias, h.view(-1, d), attn.c_attn.weight).view(B, T, 3 * d)
-        q, k, v = qkv.split(d, dim=2)
-        q, k, v = (t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=attn.scaling)
-        y = y.transpose(1, 2).reshape(B * T, d)
-        x = x + torch.addmm(attn.c_proj.bias, y, attn.c_proj.weight).view(B, T, d)
-        h = F.layer_norm(x, (d,), blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps)
-        h = mlp.act(torch.addmm(mlp.c_fc.bias, h.view(-1, d), mlp.c_fc.weight))
-        x = x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(B, T, d)
-    return F.layer_norm(x, (d,), tf.ln_f.weight, tf.ln_f.bias, tf.ln_f.eps)
+    """The final hidden states (after ln_f): input_ids int64 (B, T) -> (B, T, d), without the
+    vocabulary head (`s2l.gpt2.hidden_states`). On a transformers `GPT2LMHeadModel` the same
+    operations on the same parameters as `model.transformer(input_ids)` (bit for bit,
+    tests/test_gpt2.py), minus its wrapper's fixed cost: output capturing, mask construction,
+    attention dispatch, p=0 dropout modules - ~2 ms per call, 20% of an evaluation batch at
+    20k parameters. Use only when `lean_forward_ok(model)`."""
+    return hidden_states(model, input_ids)
 
 
 class LMLoss(torch.nn.Module):

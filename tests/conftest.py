@@ -127,7 +127,7 @@ def random_batches(seed: int, vocab: int, seq_len: int, rows: int = 8):
 
 def brute_force_row_losses(model, tokens, mask):
     """Mean target-token loss of each row (R,) float64, one row at a time at its full width
-    through the transformers model's own forward and head (`model(...).logits`), float64
+    through the model's own forward and head (`model(...).logits`, no trimming), float64
     cross-entropy: the independent check of s2l.evaluate.row_losses."""
     import numpy as np
     import torch

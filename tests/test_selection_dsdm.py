@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from s2l.config import TrainConfig
+from s2l.gpt2 import set_attention
 from s2l.model import ModelShape, build_model
 from s2l.selection import dsdm
 from s2l.train import train
@@ -119,7 +120,7 @@ def test_loop_gradients_match_the_vmap_gradients():
     """The per-example gradient loop (used for GPT-2 on CPU) equals `s2l.trak.flat_grads`
     (vmap), with and without a loss mask."""
     model = build_model(ModelShape(16, 1, 2), VOCAB, L, 0).eval()
-    model.config._attn_implementation = "eager"
+    set_attention(model, "eager")  # as featurize_lm runs it
     x = torch.from_numpy(planted_pool(3)[0][:4])
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[:, L // 2:] = True

@@ -53,7 +53,7 @@ def test_lm_loss_equals_the_transformers_models_own_loss():
     model = build_model(ModelShape(32, 2, 2), VOCAB, SEQ, 0)
     batch = torch.randint(0, VOCAB, (4, SEQ + 1))
     ours = LMLoss(model)(batch[:, :-1], batch[:, 1:])
-    logits = model(input_ids=batch[:, :-1]).logits
+    logits = model.to_transformers()(input_ids=batch[:, :-1]).logits
     ref = F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1))
     assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
 
@@ -61,8 +61,8 @@ def test_lm_loss_equals_the_transformers_models_own_loss():
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_lean_gpt2_forward_is_bit_identical_to_transformers(training, bf16):
-    model = build_model(ModelShape(48, 3, 4), VOCAB, SEQ, 0).train(training)
-    assert lean_forward_ok(model)
+    model = build_model(ModelShape(48, 3, 4), VOCAB, SEQ, 0).to_transformers().train(training)
+    assert lean_forward_ok(model)  # on transformers' own GPT-2 too
     ids = torch.randint(0, VOCAB, (3, SEQ - 5))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         ours = gpt2_hidden(model, ids)
@@ -71,10 +71,12 @@ def test_lean_gpt2_forward_is_bit_identical_to_transformers(training, bf16):
 
 
 def test_lean_forward_is_refused_where_it_would_differ():
-    model = build_model(ModelShape(32, 2, 2), VOCAB, SEQ, 0)
-    model.config._attn_implementation = "eager"  # as s2l.selection.dsdm sets it
+    ours = build_model(ModelShape(32, 2, 2), VOCAB, SEQ, 0)
+    assert lean_forward_ok(ours)  # s2l's GPT-2 is its own lean forward, eager or not
+    model = ours.to_transformers()
+    model.config._attn_implementation = "eager"
     assert not lean_forward_ok(model)
-    model = build_model(ModelShape(32, 2, 2), VOCAB, SEQ, 0)
+    model = ours.to_transformers()
     model.config.resid_pdrop = 0.1
     assert not lean_forward_ok(model.train()) and lean_forward_ok(model.eval())
     assert not lean_forward_ok(torch.nn.Linear(2, 2))
@@ -84,7 +86,8 @@ def test_lean_forward_is_refused_where_it_would_differ():
 def test_row_losses_sorted_and_trimmed_equal_a_plain_loop(eager):
     torch.set_num_threads(1)
     model = build_model(ModelShape(32, 2, 2), VOCAB, SEQ, 3)
-    if eager:  # the transformers path (no lean forward) gives the same losses
+    if eager:  # transformers' model, eager: the path without a lean forward, same losses
+        model = model.to_transformers()
         model.config._attn_implementation = "eager"
     rng = np.random.default_rng(0)
     R = 23

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from s2l.gpt2 import set_attention
 from s2l.trak import LMOddsOutput, featurize, per_example_grads_loop
 
 
@@ -37,9 +38,9 @@ def featurize_lm(model: torch.nn.Module, tokens: np.ndarray, mask: np.ndarray | 
                  log_odds: bool = False, batch_size: int = 16) -> np.ndarray:
     """Projected gradients Phi (n, k) float32 of the LM output on token rows (n, L), counting
     the predicted tokens marked by `mask` (n, L) (None: all)."""
-    # The loop, not vmap, and eager attention: on CPU, transformers' GPT-2 attention backward
-    # has no fast per-example (vmap) path, and SDPA none for the loop either.
-    model.config._attn_implementation = "eager"
+    # The loop, not vmap, and eager attention: on CPU, the attention backward has no fast
+    # per-example (vmap) path, and SDPA none for the loop either.
+    set_attention(model, "eager")
     data = (torch.from_numpy(np.asarray(tokens, dtype=np.int64)),)
     if mask is not None:
         data += (torch.from_numpy(np.asarray(mask)),)
