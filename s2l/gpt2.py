@@ -132,6 +132,14 @@ class GPT2LM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> LMOutput:
         return LMOutput(hidden_states(self, input_ids) @ self.lm_head.weight.t())
 
+    # transformers' accessors, which code written for any LM (s2l.train.non_embedding_params)
+    # asks to tell the embeddings from the rest
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
     def to_transformers(self):
         """A `transformers.GPT2LMHeadModel` holding this model's weights (imports transformers)."""
         from transformers import GPT2LMHeadModel

@@ -10,6 +10,7 @@ from transformers import GPT2LMHeadModel
 
 from s2l.gpt2 import set_attention
 from s2l.model import ModelShape, build_model
+from s2l.train import non_embedding_params
 
 VOCAB, SEQ = 300, 40
 
@@ -31,6 +32,8 @@ def test_init_and_state_dict_are_transformers_for_the_same_seed(shape, seed):
     for k in a:
         assert a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
     assert ours.lm_head.weight is ours.transformer.wte.weight  # tied, as there
+    # the size precision "auto" decides on: embeddings told apart as on transformers' model
+    assert non_embedding_params(ours) == non_embedding_params(ref) == shape.non_embedding_params()
     other = build_model(shape, VOCAB, SEQ, seed + 1)
     assert not torch.equal(other.transformer.wte.weight, ours.transformer.wte.weight)
 
