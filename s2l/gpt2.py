@@ -185,12 +185,12 @@ def hidden_states(model, input_ids: torch.Tensor) -> torch.Tensor:
     """The final hidden states (after ln_f) of a GPT-2 with transformers' parameter names (this
     module's `GPT2LM`, or a `GPT2LMHeadModel` that `s2l.train.lean_forward_ok` accepts):
     input_ids int64 (B, T) -> (B, T, d), without the vocabulary head. Attention: SDPA (causal),
-    or written out when `model.config.attn_implementation == "eager"`."""
+    or written out on a `GPT2LM` whose `config.attn_implementation` is "eager"."""
     tf = model.transformer
     B, T = input_ids.shape
     x = tf.wte(input_ids) + tf.wpe.weight[:T]                  # positions 0..T-1
     d = x.size(-1)
-    eager = getattr(model.config, "attn_implementation", "sdpa") == "eager"
+    eager = isinstance(model, GPT2LM) and model.config.attn_implementation == "eager"
     for blk in tf.h:
         attn, mlp = blk.attn, blk.mlp
         h = F.layer_norm(x, (d,), blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)
