@@ -65,6 +65,9 @@ class LMOutput:
     logits: torch.Tensor  # (B, T, V)
 
 
+# The submodules below hold the parameters under transformers' names; the computation is
+# `hidden_states`, one function over all of them (no per-module forward to keep in step).
+
 class Conv1D(nn.Module):
     """transformers' Conv1D: a linear layer with its weight stored (in, out)."""
 
@@ -72,10 +75,6 @@ class Conv1D(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(std=INIT_STD))
         self.bias = nn.Parameter(torch.zeros(n_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight).view(
-            *x.shape[:-1], -1)
 
 
 class Attention(nn.Module):
