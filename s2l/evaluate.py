@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s2l.train import (autocast, gpt2_hidden, lean_forward_ok, non_embedding_params,
-                       resolve_precision)
+from s2l.gpt2 import body_and_head, final_hidden
+from s2l.train import autocast, non_embedding_params, resolve_precision
 
 #: Stated bound on |loss_bf16 - loss_fp32| / max(1, loss_fp32) for a sample's mean loss when
 #: evaluation runs in bf16 autocast (matmuls in bf16, softmax in fp32); tested on a trained
@@ -67,8 +67,7 @@ def row_losses(model: torch.nn.Module, tokens: np.ndarray, loss_mask: np.ndarray
     last = last_target(loss_mask)
     rows = np.flatnonzero(last > 0)
     order = rows[np.argsort(-last[rows], kind="stable")]          # longest first
-    fast = hasattr(model, "transformer") and hasattr(model, "lm_head")
-    lean = lean_forward_ok(model)
+    fast = body_and_head(model)
     for lo in range(0, len(order), batch_size):
         idx = order[lo:lo + batch_size]
         width = int(last[idx[0]])                                 # inputs 0..width-1
@@ -77,8 +76,7 @@ def row_losses(model: torch.nn.Module, tokens: np.ndarray, loss_mask: np.ndarray
         target = ids[:, 1:][mask]                                  # (K,)
         with autocast(device, precision):
             if fast:
-                hidden = (gpt2_hidden(model, ids[:, :-1]) if lean
-                          else model.transformer(input_ids=ids[:, :-1]).last_hidden_state)
+                hidden = final_hidden(model, ids[:, :-1])
                 nll = head_nll(hidden[mask], model.lm_head.weight, target)
             else:  # any other causal LM: full logits
                 logits = model(input_ids=ids[:, :-1]).logits[mask].float()

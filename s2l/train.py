@@ -6,8 +6,8 @@ optimizer and step. So a cell that is killed, preempted or requeued resumes from
 checkpoint and ends with bit-identical weights on the same hardware and thread count.
 
 Speed (docs/performance.md): the vocabulary head and its cross-entropy are fused and blocked
-(`linear_cross_entropy`: the (B, T, V) logits never exist), GPT-2's forward runs without the
-transformers wrapper's fixed cost where that is exact (`gpt2_hidden`), AdamW is fused, and
+(`linear_cross_entropy`: the (B, T, V) logits never exist), GPT-2's forward is one function
+over its parameters (`s2l.gpt2.final_hidden`, no module wrappers), AdamW is fused, and
 `precision: auto` is resolved by device, CPU capability and model size (`resolve_precision`).
 
 Runs on CPU or one CUDA device, in bf16 autocast when asked (`precision`), and under
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from s2l.config import TrainConfig
-from s2l.gpt2 import GPT2LM, hidden_states
+from s2l.gpt2 import body_and_head, final_hidden
 
 #: Seconds between time-based checkpoints, on top of every `checkpoint_every` steps: bounds
 #: the work lost to a preemption that gives no warning.
@@ -208,30 +208,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
 
 
-def lean_forward_ok(model) -> bool:
-    """True when `gpt2_hidden` computes what the model's own forward does: s2l's GPT-2
-    (`s2l.gpt2.GPT2LM`, always), or a transformers GPT-2 without cross-attention, with SDPA
-    attention, no active dropout and the default attention scaling."""
-    if isinstance(model, GPT2LM):
-        return True
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "model_type", None) != "gpt2" or not hasattr(model, "transformer"):
-        return False
-    dropout = model.training and max(cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop) > 0
-    return (cfg._attn_implementation == "sdpa" and not cfg.add_cross_attention and not dropout
-            and not cfg.reorder_and_upcast_attn and not cfg.scale_attn_by_inverse_layer_idx)
-
-
-def gpt2_hidden(model, input_ids):
-    """The final hidden states (after ln_f): input_ids int64 (B, T) -> (B, T, d), without the
-    vocabulary head (`s2l.gpt2.hidden_states`). On a transformers `GPT2LMHeadModel` the same
-    operations on the same parameters as `model.transformer(input_ids)` (bit for bit,
-    tests/test_gpt2.py), minus its wrapper's fixed cost: output capturing, mask construction,
-    attention dispatch, p=0 dropout modules - ~2 ms per call, 20% of an evaluation batch at
-    20k parameters. Use only when `lean_forward_ok(model)`."""
-    return hidden_states(model, input_ids)
-
-
 class LMLoss(torch.nn.Module):
     """The training objective as one module: a GPT-2-style causal LM (`.transformer` and a
     `.lm_head` tied to the embedding, as `s2l.model.build_model` makes) and its mean next-token
@@ -246,12 +222,11 @@ class LMLoss(torch.nn.Module):
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """inputs, targets int64 (B, T) -> fp32 scalar."""
         model = self.model
-        if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
+        if not body_and_head(model):
             logits = model(input_ids=inputs).logits  # any other causal LM: the plain path
             return torch.nn.functional.cross_entropy(
                 logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
-        hidden = (gpt2_hidden(model, inputs) if lean_forward_ok(model)
-                  else model.transformer(input_ids=inputs).last_hidden_state)  # (B, T, d)
+        hidden = final_hidden(model, inputs)  # (B, T, d)
         return linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), model.lm_head.weight,
                                     targets.reshape(-1))
 

@@ -12,7 +12,8 @@ from conftest import brute_force_row_losses
 
 from s2l.evaluate import row_losses
 from s2l.model import ModelShape, build_model
-from s2l.train import LMLoss, gpt2_hidden, lean_forward_ok, linear_cross_entropy
+from s2l.gpt2 import hidden_states, lean_forward_ok
+from s2l.train import LMLoss, linear_cross_entropy
 
 VOCAB, SEQ = 97, 24
 
@@ -65,7 +66,7 @@ def test_lean_gpt2_forward_is_bit_identical_to_transformers(training, bf16):
     assert lean_forward_ok(model)  # on transformers' own GPT-2 too
     ids = torch.randint(0, VOCAB, (3, SEQ - 5))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        ours = gpt2_hidden(model, ids)
+        ours = hidden_states(model, ids)
         ref = model.transformer(input_ids=ids).last_hidden_state
     assert torch.equal(ours, ref)
 
