@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from hpc import record
 from hpc.node import thread_env
-from hpc.resources import CONTROL, ENV_NAME, Resources, SlurmConfig
+from hpc.resources import CONTROL, ENV_NAME, Resources, SlurmConfig, packs_vmapped
 from s2l.tasks import Stage, Task
 
 TAIL_LINES = 15
@@ -147,7 +147,7 @@ def make_jobs(stage: str, tasks: Iterable[Task], cfg: SlurmConfig, min_jobs: int
     jobs = []
     for res, ts in groups.items():
         n_jobs = max(-(-len(ts) // pack), min(len(ts), min_jobs))
-        if cfg.pack_mode == "vmap" or (cfg.pack_mode == "auto" and res.gpus > 0):
+        if packs_vmapped(cfg.pack_mode, res.gpus):
             size = -(-len(ts) // n_jobs)
             jobs += [Job(stage, ts[i:i + size], res) for i in range(0, len(ts), size)]
         else:

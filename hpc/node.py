@@ -50,7 +50,7 @@ from typing import Any
 import submitit
 
 from hpc.lease import Lease, LeaseBusy, pid_alive, task_lease
-from hpc.resources import Resources
+from hpc.resources import Resources, packs_vmapped
 from s2l.tasks import Task, run_task, run_tasks_packed
 
 DRIVER_ENV = "S2L_DRIVER_PID"  # "pid:start" of the local driver that started this job
@@ -187,9 +187,10 @@ class TaskRunner(submitit.helpers.Checkpointable):
         batched computation: with `pack_mode` "vmap", or "auto" on a job with a CUDA device
         (on a CPU, packing measured 0.6-1.1x: not worth it); never under DDP."""
         mode = getattr(self, "pack_mode", "auto")  # a runner pickled before the flag existed
-        if mode == "serial" or num_ranks > 1 or len(self.tasks) < 2:
+        if num_ranks > 1 or len(self.tasks) < 2:
             return []
-        if mode == "auto" and not (self.resources.gpus and _cuda_available()):
+        gpus = self.resources.gpus if self.resources.gpus and _cuda_available() else 0
+        if not packs_vmapped(mode, gpus):  # (no torch import on a CPU job: data tasks)
             return []
         groups: dict[str, list[Task]] = {}
         for task in self.tasks:
