@@ -100,6 +100,29 @@ def test_row_losses_match_a_per_row_cross_entropy_loop():
         assert got[r] == pytest.approx(np.mean(ce), rel=1e-5), r
 
 
+def test_row_losses_without_targets_anywhere():
+    tokens = np.random.default_rng(0).integers(0, VOCAB, size=(5, SEQ)).astype(np.int32)
+    mask = np.zeros_like(tokens, dtype=bool)
+    np.testing.assert_array_equal(row_losses(tiny(), tokens, mask, 4, "fp32"), np.zeros(5))
+
+
+def test_training_is_untouched_by_evaluation():
+    """Evaluation leaves the model as it found it (inference mode, no parameter writes):
+    training after an evaluation continues bit-identically."""
+    torch.set_num_threads(1)
+    a, b = tiny(), tiny()
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, VOCAB, size=(9, SEQ)).astype(np.int32)
+    mask = rng.random((9, SEQ)) < 0.5
+    row_losses(a, tokens, mask, 4, "bf16")
+    data = rng.integers(0, VOCAB, (6, 8, SEQ + 1))
+    ha = train(a, lambda i: data[i], 6, CFG)
+    hb = train(b, lambda i: data[i], 6, CFG)
+    assert ha == hb
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
 def test_sample_metrics_against_a_loop():
     rng = np.random.default_rng(1)
     # samples: 0 plain, 1 MC (4 choices, answer 2), 2 plain, 3 MC (3 choices, answer 0)
